@@ -1,0 +1,4 @@
+"""Every `*_model.py` module here registers itself into BasicSR's registry on import."""
+from basicsr_iln.utils.registration import import_modules_with_suffix
+
+_modules = import_modules_with_suffix(__name__, __path__, '_model')
