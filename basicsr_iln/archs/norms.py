@@ -1,0 +1,212 @@
+"""The normalisation family, chosen by name (``norm_type``) by every architecture.
+
+Every normalisation acts on token sequences of shape (B, L, C) and exists in two roles:
+
+* **branch** norms sit in front of a residual branch (``norm1``/``norm2`` of a Transformer block).
+  Besides ``forward(x) -> y`` they implement ``forward_with_scale(x) -> (y, scale)``; the block
+  computes ``x + scale * branch(y)`` (``scale`` is None for plain pre-norm). This one hook expresses
+  i-LN's input-adaptive rescaling, the per-token ablation, LayerScale and ReZero alike.
+* **stem** norms have no residual branch: the patch-embedding norm and the final norm after the body.
+
+=============  =========================================================  =====================
+norm_type      branch norm                                                 stem norm
+=============  =========================================================  =====================
+``ln``         per-token LayerNorm                                          LayerNorm
+``iln``        LN* (holistic) + rescale by the input's sqrt(var + eps)      affine only
+``ln_star``    LN* without rescaling (ablation)                             affine only
+``ln_rescale`` per-token LN, branch rescaled by each token's std (ablation) LayerNorm
+``in``         InstanceNorm: per channel over the tokens                    InstanceNorm
+``bn``         BatchNorm over batch and tokens                              BatchNorm
+``rms``        RMSNorm over channels                                        RMSNorm
+``layerscale`` LayerNorm + learnable per-channel residual scale             LayerNorm
+``rezero``     no norm, learnable scalar residual scale initialised to 0    none
+``none``       no norm                                                      none
+=============  =========================================================  =====================
+
+The i-LN stems are affine-only, as in the official i-LN release (see ../shared/reference/README.md):
+holistic normalisation there would discard the image's global scale before the body.
+
+Statistics of the holistic and per-token variants are computed in float32, also under autocast
+and for fp16/bf16 weights, because feature variances of ~1e6 or more overflow half precision.
+"""
+import torch
+from torch import nn
+
+# LayerScale (Touvron et al., CaiT) initial residual scale; small so each block starts near identity.
+LAYER_SCALE_INIT = 1e-4
+DEFAULT_ILN_EPS = 1e-4
+
+
+def _float_var_mean(x, dims):
+    return torch.var_mean(x.float(), dim=dims, unbiased=False, keepdim=True)
+
+
+class _BranchNormMixin:
+    """``forward`` of a branch norm is ``forward_with_scale`` without the scale."""
+
+    def forward(self, x):
+        return self.forward_with_scale(x)[0]
+
+
+class LayerNorm(nn.LayerNorm):
+    """Per-token LayerNorm; keys ``weight``/``bias`` as in the released checkpoints."""
+
+    def forward_with_scale(self, x):
+        return super().forward(x), None
+
+
+class TokenRescaledLayerNorm(_BranchNormMixin, nn.LayerNorm):
+    """Per-token LayerNorm whose branch output is rescaled by each token's own std (ablation).
+
+    Isolates the rescaling half of i-LN: every token keeps its magnitude, but tokens are still
+    normalised one by one, so their relative geometry is distorted.
+    """
+
+    def forward_with_scale(self, x):
+        var, mean = _float_var_mean(x, -1)
+        std = torch.sqrt(var + self.eps)
+        y = ((x.float() - mean) / std).to(x.dtype) * self.weight + self.bias
+        return y, std
+
+
+class HolisticLayerNorm(_BranchNormMixin, nn.Module):
+    """LN*: one mean and one biased variance per sample over all tokens and channels, then a
+    per-channel affine. With ``rescale`` (i-LN) the branch output is multiplied by sqrt(var + eps)
+    of this norm's input, which makes ``x + scale * f(LN*(x))`` positively homogeneous in ``x``.
+
+    Keys ``gamma``/``beta`` as in the official i-LN release.
+    """
+
+    def __init__(self, dim, eps=DEFAULT_ILN_EPS, rescale=True):
+        super().__init__()
+        self.eps = eps
+        self.rescale = rescale
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+
+    def forward_with_scale(self, x):
+        var, mean = _float_var_mean(x, (1, 2))
+        std = torch.sqrt(var + self.eps)
+        y = ((x.float() - mean) / std).to(x.dtype) * self.gamma + self.beta
+        return y, (std if self.rescale else None)
+
+    def extra_repr(self):
+        return f'{self.gamma.numel()}, eps={self.eps}, rescale={self.rescale}'
+
+
+class Affine(nn.Module):
+    """Per-channel gamma/beta without normalisation: the i-LN stem norm."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        return x * self.gamma + self.beta
+
+
+class InstanceNorm(_BranchNormMixin, nn.Module):
+    """Per sample and per channel over the tokens, then a per-channel affine."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward_with_scale(self, x):
+        var, mean = _float_var_mean(x, 1)
+        y = ((x.float() - mean) * torch.rsqrt(var + self.eps)).to(x.dtype)
+        return y * self.weight + self.bias, None
+
+
+class BatchNorm(_BranchNormMixin, nn.BatchNorm1d):
+    """BatchNorm1d over batch and tokens for (B, L, C) sequences (running statistics at test)."""
+
+    def forward_with_scale(self, x):
+        return super().forward(x.transpose(1, 2)).transpose(1, 2), None
+
+
+class RMSNorm(nn.RMSNorm):
+
+    def forward_with_scale(self, x):
+        return super().forward(x), None
+
+
+class LayerScaleNorm(LayerNorm):
+    """LayerNorm followed, on the residual branch, by a learnable per-channel scale."""
+
+    def __init__(self, dim, init=LAYER_SCALE_INIT):
+        super().__init__(dim)
+        self.layer_scale = nn.Parameter(torch.full((dim, ), init))
+
+    def forward_with_scale(self, x):
+        return nn.LayerNorm.forward(self, x), self.layer_scale
+
+
+class ReZero(_BranchNormMixin, nn.Module):
+    """No normalisation; the residual branch is scaled by a scalar initialised to 0."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def forward_with_scale(self, x):
+        return x, self.alpha
+
+
+class Identity(_BranchNormMixin, nn.Module):
+
+    def __init__(self, dim=None):
+        super().__init__()
+
+    def forward_with_scale(self, x):
+        return x, None
+
+
+def _holistic(rescale):
+    return lambda dim, eps: HolisticLayerNorm(dim, eps=DEFAULT_ILN_EPS if eps is None else eps, rescale=rescale)
+
+
+def _with_eps(cls):
+    return lambda dim, eps: cls(dim) if eps is None else cls(dim, eps=eps)
+
+
+# norm_type -> (branch factory, stem factory); factories take (dim, eps) with eps=None for the default.
+_NORMS = {
+    'ln': (_with_eps(LayerNorm), _with_eps(LayerNorm)),
+    'iln': (_holistic(True), lambda dim, eps: Affine(dim)),
+    'ln_star': (_holistic(False), lambda dim, eps: Affine(dim)),
+    'ln_rescale': (_with_eps(TokenRescaledLayerNorm), _with_eps(LayerNorm)),
+    'in': (_with_eps(InstanceNorm), _with_eps(InstanceNorm)),
+    'bn': (_with_eps(BatchNorm), _with_eps(BatchNorm)),
+    'rms': (_with_eps(RMSNorm), _with_eps(RMSNorm)),
+    'layerscale': (lambda dim, eps: LayerScaleNorm(dim), _with_eps(LayerNorm)),
+    'rezero': (lambda dim, eps: ReZero(dim), lambda dim, eps: Identity()),
+    'none': (lambda dim, eps: Identity(), lambda dim, eps: Identity()),
+}
+NORM_TYPES = tuple(_NORMS)
+
+
+def check_norm_type(norm_type):
+    if norm_type not in _NORMS:
+        raise ValueError(f"Unknown norm_type '{norm_type}'. Valid norm types: {', '.join(NORM_TYPES)}.")
+    return norm_type
+
+
+def build_branch_norm(norm_type, dim, eps=None):
+    """Norm in front of a residual branch; has ``forward_with_scale``. ``eps=None``: the type's default."""
+    return _NORMS[check_norm_type(norm_type)][0](dim, eps)
+
+
+def build_stem_norm(norm_type, dim, eps=None):
+    """Norm without a residual branch (patch embedding, final norm)."""
+    return _NORMS[check_norm_type(norm_type)][1](dim, eps)
+
+
+def residual_add(shortcut, branch_out, scale):
+    """``shortcut + scale * branch_out``; ``scale`` from ``forward_with_scale`` (None means 1)."""
+    if scale is None:
+        return shortcut + branch_out
+    return shortcut + branch_out * scale.to(branch_out.dtype)

@@ -1,0 +1,365 @@
+"""The Transformer core that SwinIR, HAT and DRCT share.
+
+* window attention with a learned relative-position bias, run by torch's fused
+  ``scaled_dot_product_attention`` (bias and shift mask are passed as one additive mask);
+* the (shifted-)window Transformer block, optionally with HAT's parallel convolution branch;
+  its two residual branches go through the norm family's ``forward_with_scale`` hook, so every
+  ``norm_type`` (LN, i-LN, ablations, ...) works in every backbone;
+* the residual group (SwinIR's RSTB, HAT's RHAG) and the top-level restoration network
+  (input normalisation, window padding, shallow conv, body, reconstruction heads).
+
+Module and attribute names follow the released SwinIR/HAT/DRCT code so that released checkpoints
+load key for key.
+"""
+import torch
+import torch.nn.functional as F
+from basicsr.archs.swinir_arch import PatchEmbed, PatchUnEmbed, Upsample, UpsampleOneStep, window_partition, window_reverse
+from timm.layers import DropPath, Mlp, trunc_normal_
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .norms import build_branch_norm, build_stem_norm, check_norm_type, residual_add
+
+RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR/HAT/DRCT
+RGB_STD = (0.2842, 0.2701, 0.2920)  # DIV2K std, used by the official i-LN release with stdnorm
+SHIFT_MASK_VALUE = -100.0  # the released models' value for cross-region pairs (not -inf)
+UPSAMPLERS = ('pixelshuffle', 'pixelshuffledirect', 'nearest+conv', '')
+
+
+def relative_position_index(window_size):
+    """(N, N) index into a (2*ws-1)^2 bias table for every query/key pair of a square window."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing='ij'))
+    coords = coords.flatten(1)
+    relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
+    return relative[..., 0] * (2 * window_size - 1) + relative[..., 1]
+
+
+def shifted_window_mask(x_size, window_size, shift_size, device=None):
+    """(num_windows, N, N) additive mask that stops attention across the regions a cyclic shift joins."""
+    h, w = x_size
+    region = torch.zeros((1, h, w, 1), device=device)
+    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+    for i, (hs, ws) in enumerate((hs, ws) for hs in bounds for ws in bounds):
+        region[:, hs, ws, :] = i
+    region = window_partition(region, window_size).view(-1, window_size * window_size)
+    different = (region.unsqueeze(1) - region.unsqueeze(2)) != 0
+    return torch.zeros(different.shape, device=device).masked_fill(different, SHIFT_MASK_VALUE)
+
+
+def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
+    """softmax(q k^T * scale + bias [+ mask]) v over windows with torch's fused attention.
+
+    q: (B*nW, heads, Nq, d); k, v: (B*nW, heads, Nk, d); bias: (heads, Nq, Nk);
+    mask: (nW, Nq, Nk) or None, shared by the B images of the batch.
+    """
+    if mask is None:
+        attn_mask = bias.unsqueeze(0)
+    else:
+        nw = mask.shape[0]
+        per_window = bias.unsqueeze(0) + mask.unsqueeze(1)
+        attn_mask = per_window.unsqueeze(0).expand(q.shape[0] // nw, -1, -1, -1, -1).reshape(
+            q.shape[0], *per_window.shape[1:])
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p, scale=scale)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside square windows with a relative-position bias.
+
+    ``register_index``: keep the (N, N) relative-position index as this module's buffer (SwinIR,
+    DRCT); HAT keeps one index for all blocks at the top level and passes it as ``rpi``.
+    """
+
+    def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0.,
+                 register_index=True):
+        super().__init__()
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads)**-0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1)**2, num_heads))
+        if register_index:
+            self.register_buffer('relative_position_index', relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+
+    def relative_position_bias(self, rpi, n_query, n_key):
+        return self.relative_position_bias_table[rpi.view(-1)].view(n_query, n_key, -1).permute(2, 0, 1)
+
+    def forward(self, x, mask=None, rpi=None):
+        b_, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        bias = self.relative_position_bias(self.relative_position_index if rpi is None else rpi, n, n)
+        x = biased_attention(q, k, v, bias, mask, self.attn_drop if self.training else 0.0, self.scale)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b_, n, c)))
+
+    def extra_repr(self):
+        return f'dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}'
+
+
+class TransformerBlock(nn.Module):
+    """(Shifted-)window Transformer block: ``x + s1*attn(n1(x))``, then ``x + s2*mlp(n2(x))``.
+
+    ``s1``/``s2`` come from the norms (None for plain pre-norm; sqrt(var+eps) for i-LN). With a
+    ``conv_block`` (HAT's hybrid attention block) the first branch is
+    ``attn(n1(x)) + conv_scale * conv_block(n1(x))``, so i-LN rescales the conv branch too.
+
+    ``register_buffers``: keep the relative-position index and, for shifted blocks, the shift mask
+    for ``input_resolution`` as buffers (SwinIR, DRCT layouts); HAT passes both in.
+    """
+
+    def __init__(self, dim, input_resolution, num_heads, window_size=7, shift_size=0, mlp_ratio=4., qkv_bias=True,
+                 qk_scale=None, drop=0., attn_drop=0., drop_path=0., act_layer=nn.GELU, norm_type='ln', norm_eps=None,
+                 conv_block=None, conv_scale=0.0, register_buffers=True):
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = tuple(input_resolution)
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.shift_size = shift_size
+        if min(self.input_resolution) <= window_size:  # one window covers the image: no shift
+            self.shift_size = 0
+            self.window_size = min(self.input_resolution)
+        if not 0 <= self.shift_size < self.window_size:
+            raise ValueError(f'shift_size must be in [0, window_size), got {self.shift_size} for {self.window_size}')
+
+        self.norm1 = build_branch_norm(norm_type, dim, norm_eps)
+        self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
+                                    register_index=register_buffers)
+        self.conv_block = conv_block
+        self.conv_scale = conv_scale
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = build_branch_norm(norm_type, dim, norm_eps)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        if register_buffers and self.shift_size > 0:
+            self.register_buffer('attn_mask', shifted_window_mask(self.input_resolution, self.window_size,
+                                                                  self.shift_size))
+        else:
+            self.attn_mask = None
+
+    def _window_attention(self, x, x_size, attn_mask, rpi):
+        b, h, w, c = x.shape
+        ws, shift = self.window_size, self.shift_size
+        mask = None
+        if shift > 0:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+            use_buffer = self.attn_mask is not None and tuple(x_size) == self.input_resolution
+            mask = self.attn_mask if use_buffer else attn_mask
+            if mask is None:
+                mask = shifted_window_mask(x_size, ws, shift, x.device)
+        windows = window_partition(x, ws).view(-1, ws * ws, c)
+        windows = self.attn(windows, mask=mask, rpi=rpi).view(-1, ws, ws, c)
+        x = window_reverse(windows, ws, h, w)
+        if shift > 0:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        return x.reshape(b, h * w, c)
+
+    def forward(self, x, x_size, attn_mask=None, rpi_sa=None, **unused):
+        h, w = x_size
+        b, _, c = x.shape
+        y, scale = self.norm1.forward_with_scale(x)
+        y = y.view(b, h, w, c)
+        branch = self.drop_path(self._window_attention(y, x_size, attn_mask, rpi_sa))
+        if self.conv_block is not None:
+            conv = self.conv_block(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, h * w, c)
+            branch = branch + conv * self.conv_scale
+        x = residual_add(x, branch, scale)
+        y, scale = self.norm2.forward_with_scale(x)
+        return residual_add(x, self.drop_path(self.mlp(y)), scale)
+
+    def extra_repr(self):
+        return (f'dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, '
+                f'window_size={self.window_size}, shift_size={self.shift_size}')
+
+
+def tokens_to_image(x, x_size):
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], x_size[0], x_size[1])
+
+
+def image_to_tokens(x):
+    return x.flatten(2).transpose(1, 2)
+
+
+def build_resi_conv(dim, resi_connection):
+    """The convolution at the end of a residual group / after the body ('1conv' or '3conv')."""
+    if resi_connection == '1conv':
+        return nn.Conv2d(dim, dim, 3, 1, 1)
+    if resi_connection == '3conv':  # fewer parameters
+        return nn.Sequential(
+            nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(negative_slope=0.2, inplace=True),
+            nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(negative_slope=0.2, inplace=True),
+            nn.Conv2d(dim // 4, dim, 3, 1, 1))
+    raise ValueError(f"Unknown resi_connection '{resi_connection}'. Valid: '1conv', '3conv'.")
+
+
+class BlockSequence(nn.Module):
+    """Transformer blocks applied in order (``blocks``), with optional gradient checkpointing."""
+
+    def __init__(self, blocks, use_checkpoint=False):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.use_checkpoint = use_checkpoint
+
+    def forward(self, x, x_size, **stage_inputs):
+        for block in self.blocks:
+            if self.use_checkpoint and self.training:
+                x = checkpoint(block, x, x_size, use_reentrant=False, **stage_inputs)
+            else:
+                x = block(x, x_size, **stage_inputs)
+        return x
+
+
+class ResidualGroup(nn.Module):
+    """SwinIR's RSTB / HAT's RHAG: blocks, a convolution on the image-shaped result, a long skip."""
+
+    def __init__(self, residual_group, dim, resi_connection='1conv'):
+        super().__init__()
+        self.residual_group = residual_group
+        self.conv = build_resi_conv(dim, resi_connection)
+
+    def forward(self, x, x_size, **stage_inputs):
+        y = self.residual_group(x, x_size, **stage_inputs)
+        return image_to_tokens(self.conv(tokens_to_image(y, x_size))) + x
+
+
+class RestorationTransformer(nn.Module):
+    """Shared skeleton of SwinIR, HAT and DRCT.
+
+    normalise input -> pad to the window multiple -> conv_first -> tokens (+ stem norm) -> stages
+    -> final (stem) norm -> conv_after_body + skip -> reconstruction head -> crop -> denormalise.
+
+    Subclasses build ``self.layers`` (each called as ``layer(x, x_size, **stage_inputs)``), may
+    override ``stage_inputs`` (tensors shared by all stages), then call ``self.apply(self._init_weights)``.
+    Input sizes that are not window multiples are reflect-padded and the output cropped back.
+    """
+
+    def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, window_size=7, drop_rate=0., ape=False,
+                 patch_norm=True, upscale=2, img_range=1., upsampler='', resi_connection='1conv', norm_type='ln',
+                 eps=None, stdnorm=False, num_feat=64):
+        super().__init__()
+        check_norm_type(norm_type)
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f"Unknown upsampler '{upsampler}'. Valid: {', '.join(map(repr, UPSAMPLERS))}.")
+        if in_chans not in (1, 3):
+            raise ValueError(f'in_chans must be 1 (gray) or 3 (RGB), got {in_chans}.')
+        if upsampler == '' and upscale != 1:
+            raise ValueError(f"upsampler '' (denoising / JPEG) needs upscale 1, got {upscale}.")
+        self.img_range = img_range
+        self.upscale = upscale
+        self.upsampler = upsampler
+        self.window_size = window_size
+        self.norm_type = norm_type
+        self.embed_dim = embed_dim
+        mean = RGB_MEAN if in_chans == 3 else (0.0, )
+        std = (RGB_STD if in_chans == 3 else RGB_STD[:1]) if stdnorm else (1.0, ) * in_chans
+        self.register_buffer('mean', torch.tensor(mean).view(1, in_chans, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(std).view(1, in_chans, 1, 1), persistent=False)
+
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=embed_dim, embed_dim=embed_dim,
+            norm_layer=(lambda dim: build_stem_norm(norm_type, dim, eps)) if patch_norm else None)
+        self.patches_resolution = tuple(self.patch_embed.patches_resolution)
+        self.patch_unembed = PatchUnEmbed(img_size=img_size, patch_size=patch_size, in_chans=embed_dim,
+                                          embed_dim=embed_dim)
+        self.ape = ape
+        if ape:
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+            trunc_normal_(self.absolute_pos_embed, std=.02)
+        self.pos_drop = nn.Dropout(p=drop_rate)
+        self.norm = build_stem_norm(norm_type, embed_dim, eps)
+        self.conv_after_body = build_resi_conv(embed_dim, resi_connection)
+        self._build_head(upsampler, upscale, embed_dim, num_feat, in_chans)
+
+    def _build_head(self, upsampler, upscale, embed_dim, num_feat, out_chans):
+        if upsampler in ('pixelshuffle', 'nearest+conv'):
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+        if upsampler == 'pixelshuffle':  # classical SR
+            self.upsample = Upsample(upscale, num_feat)
+            self.conv_last = nn.Conv2d(num_feat, out_chans, 3, 1, 1)
+        elif upsampler == 'pixelshuffledirect':  # lightweight SR
+            self.upsample = UpsampleOneStep(upscale, embed_dim, out_chans, self.patches_resolution)
+        elif upsampler == 'nearest+conv':  # real-world SR, fewer checkerboard artefacts
+            if upscale != 4:
+                raise ValueError(f"upsampler 'nearest+conv' supports upscale 4 only, got {upscale}.")
+            self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+            self.conv_last = nn.Conv2d(num_feat, out_chans, 3, 1, 1)
+            self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        else:  # denoising / JPEG artifact removal: predict a residual at full resolution
+            self.conv_last = nn.Conv2d(embed_dim, out_chans, 3, 1, 1)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+
+    @torch.jit.ignore
+    def no_weight_decay(self):
+        return {'absolute_pos_embed'}
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self):
+        return {'relative_position_bias_table'}
+
+    def stage_inputs(self, x_size, device):
+        """Tensors every stage receives as keyword arguments; the shift mask unless overridden."""
+        ws = self.window_size
+        if min(x_size) <= ws:
+            return {}
+        return {'attn_mask': shifted_window_mask(x_size, ws, ws // 2, device)}
+
+    def forward_features(self, x):
+        x_size = (x.shape[2], x.shape[3])
+        x = self.patch_embed(x)
+        if self.ape:
+            x = x + self.absolute_pos_embed
+        x = self.pos_drop(x)
+        stage_inputs = self.stage_inputs(x_size, x.device)
+        for layer in self.layers:
+            x = layer(x, x_size, **stage_inputs)
+        return self.patch_unembed(self.norm(x), x_size)
+
+    def _reconstruct(self, feat):
+        if self.upsampler == 'pixelshuffle':
+            return self.conv_last(self.upsample(self.conv_before_upsample(feat)))
+        if self.upsampler == 'pixelshuffledirect':
+            return self.upsample(feat)
+        feat = self.conv_before_upsample(feat)  # nearest+conv
+        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode='nearest')))
+        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode='nearest')))
+        return self.conv_last(self.lrelu(self.conv_hr(feat)))
+
+    def pad_to_window(self, x):
+        h, w = x.shape[-2:]
+        pad_h, pad_w = (-h) % self.window_size, (-w) % self.window_size
+        if pad_h == 0 and pad_w == 0:
+            return x
+        mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
+        return F.pad(x, (0, pad_w, 0, pad_h), mode)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        x = (self.pad_to_window(x) - self.mean) * self.img_range / self.std
+        feat = self.conv_first(x)
+        feat = self.conv_after_body(self.forward_features(feat)) + feat
+        if self.upsampler == '':
+            x = x + self.conv_last(feat)
+        else:
+            x = self._reconstruct(feat)
+        x = x * self.std / self.img_range + self.mean
+        return x[..., :h * self.upscale, :w * self.upscale]
+
+
+def stochastic_depth(drop_path_rate, depths):
+    """Per-block drop-path rates rising linearly over all blocks, split per stage."""
+    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[s:s + d] for s, d in zip(starts, depths)]
+
