@@ -30,6 +30,7 @@ Statistics of the holistic and per-token variants are computed in float32, also 
 and for fp16/bf16 weights, because feature variances of ~1e6 or more overflow half precision.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # LayerScale (Touvron et al., CaiT) initial residual scale; small so each block starts near identity.
@@ -63,10 +64,8 @@ class TokenRescaledLayerNorm(_BranchNormMixin, nn.LayerNorm):
     """
 
     def forward_with_scale(self, x):
-        var, mean = _float_var_mean(x, -1)
-        std = torch.sqrt(var + self.eps)
-        y = ((x.float() - mean) / std).to(x.dtype) * self.weight + self.bias
-        return y, std
+        std = torch.sqrt(_float_var_mean(x, -1)[0] + self.eps)
+        return super().forward(x), std
 
 
 class HolisticLayerNorm(_BranchNormMixin, nn.Module):
@@ -85,10 +84,13 @@ class HolisticLayerNorm(_BranchNormMixin, nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim))
 
     def forward_with_scale(self, x):
-        var, mean = _float_var_mean(x, (1, 2))
-        std = torch.sqrt(var + self.eps)
-        y = ((x.float() - mean) / std).to(x.dtype) * self.gamma + self.beta
-        return y, (std if self.rescale else None)
+        # F.layer_norm over (L, C) is exactly the holistic normalisation, with a fused backward;
+        # the std for the rescaling is a second reduction that keeps its gradient.
+        xf = x.float()
+        y = F.layer_norm(xf, xf.shape[1:], eps=self.eps).to(x.dtype) * self.gamma + self.beta
+        if not self.rescale:
+            return y, None
+        return y, torch.sqrt(_float_var_mean(xf, (1, 2))[0] + self.eps)
 
     def extra_repr(self):
         return f'{self.gamma.numel()}, eps={self.eps}, rescale={self.rescale}'

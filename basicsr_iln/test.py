@@ -1,0 +1,63 @@
+"""Test CLI: ``python basicsr_iln/test.py -opt OPT.yml`` (or ``basicsr-iln-test``).
+
+Evaluates ``path.pretrain_network_g`` on every ``datasets.test_*`` set with the option file's
+``val.metrics``; writes restored images (``val.save_img``), a log and ``metrics.jsonl`` under
+``results/<name>/``.
+"""
+import logging
+import sys
+from os import path as osp
+
+if __package__ in (None, ''):  # run as a script: make the repository importable
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import basicsr_iln  # noqa: E402,F401
+import torch  # noqa: E402
+from basicsr.data import build_dataloader  # noqa: E402
+from basicsr.models import build_model  # noqa: E402
+from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs  # noqa: E402
+from basicsr.utils.options import dict2str  # noqa: E402
+
+from basicsr_iln.train import build_dataset_checked  # noqa: E402
+from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
+from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
+from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
+
+
+def test_pipeline(root_path, argv=None):
+    opt, _ = parse_options(root_path, is_train=False, argv=argv)
+    check_model_and_metrics(opt)
+    check_datasets(opt)
+    if not opt['path'].get('pretrain_network_g'):
+        raise ConfigError("testing needs 'path.pretrain_network_g' (the checkpoint to evaluate)")
+    if not osp.isfile(opt['path']['pretrain_network_g']):
+        raise ConfigError(f"checkpoint not found: {opt['path']['pretrain_network_g']} (option path.pretrain_network_g)")
+    torch.backends.cudnn.benchmark = True
+
+    make_exp_dirs(opt)  # an existing results folder is renamed to *_archived_<time>, never overwritten
+    log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger.info(get_env_info())
+    logger.info(dict2str(opt))
+
+    test_loaders = []
+    for phase, dataset_opt in sorted(opt['datasets'].items()):
+        test_set = build_dataset_checked(dataset_opt, phase)
+        test_loaders.append(build_dataloader(test_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
+                                             sampler=None, seed=opt['manual_seed']))
+        logger.info(f"Test set {dataset_opt['name']}: {len(test_set)} images.")
+
+    model = build_model(opt)
+    val_opt = opt.setdefault('val', {})
+    for loader in test_loaders:
+        logger.info(f"Testing {loader.dataset.opt['name']}...")
+        model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=val_opt.get('save_img', False))
+    return opt
+
+
+def main(argv=None):
+    run_cli(lambda a: test_pipeline(root_path_from_env(), a), argv)
+
+
+if __name__ == '__main__':
+    main()

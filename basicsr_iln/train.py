@@ -1,0 +1,181 @@
+"""Training CLI: ``python basicsr_iln/train.py -opt OPT.yml`` (or ``basicsr-iln-train``).
+
+BasicSR's training loop and option layout, with our option checks, CPU/gloo-capable distributed
+setup, resume that works without CUDA and skips incomplete checkpoints, and clear errors.
+"""
+import datetime
+import logging
+import math
+import os
+import sys
+import time
+from os import path as osp
+
+if __package__ in (None, ''):  # run as a script: make the repository importable
+    sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+import basicsr_iln  # noqa: E402,F401  (registers everything, makes basicsr importable)
+import torch  # noqa: E402
+from basicsr.data import build_dataloader, build_dataset  # noqa: E402
+from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
+from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher  # noqa: E402
+from basicsr.models import build_model  # noqa: E402
+from basicsr.train import init_tb_loggers  # noqa: E402
+from basicsr.utils import (AvgTimer, MessageLogger, check_resume, get_env_info, get_root_logger,  # noqa: E402
+                           get_time_str, make_exp_dirs, mkdir_and_rename)
+from basicsr.utils.options import copy_opt_file, dict2str  # noqa: E402
+
+from basicsr_iln.utils.checkpoint import load_checkpoint_file  # noqa: E402
+from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
+from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
+from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
+
+
+def build_dataset_checked(dataset_opt, phase):
+    try:
+        return build_dataset(dataset_opt)
+    except (AssertionError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f'datasets.{phase} ({dataset_opt["type"]}): {type(err).__name__}: {err}') from None
+
+
+def create_dataloaders(opt, logger):
+    train_loader = train_sampler = None
+    val_loaders = []
+    for phase, dataset_opt in opt['datasets'].items():
+        if phase == 'train':
+            enlarge = dataset_opt.get('dataset_enlarge_ratio', 1)
+            train_set = build_dataset_checked(dataset_opt, phase)
+            batch = dataset_opt['batch_size_per_gpu'] * opt['world_size']
+            if len(train_set) * enlarge < batch:
+                raise ConfigError(f"datasets.train: batch_size_per_gpu x world size = {batch} is larger than the "
+                                  f'{len(train_set)} training images (x dataset_enlarge_ratio {enlarge})')
+            train_sampler = EnlargedSampler(train_set, opt['world_size'], opt['rank'], enlarge)
+            train_loader = build_dataloader(train_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
+                                            sampler=train_sampler, seed=opt['manual_seed'])
+            iters_per_epoch = math.ceil(len(train_set) * enlarge / batch)
+            total_iters = int(opt['train']['total_iter'])
+            total_epochs = math.ceil(total_iters / iters_per_epoch)
+            logger.info(f'Training: {len(train_set)} images x{enlarge}, batch {dataset_opt["batch_size_per_gpu"]} per '
+                        f'process x {opt["world_size"]} processes, {iters_per_epoch} iters/epoch, '
+                        f'{total_epochs} epochs for {total_iters} iters.')
+        else:
+            val_set = build_dataset_checked(dataset_opt, phase)
+            val_loaders.append(build_dataloader(val_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
+                                                sampler=None, seed=opt['manual_seed']))
+            logger.info(f'Validation set {dataset_opt["name"]}: {len(val_set)} images.')
+    return train_loader, train_sampler, val_loaders, total_epochs, total_iters
+
+
+def find_resume_state(opt):
+    """The latest training state whose file loads and whose network checkpoint exists, or None.
+
+    Checkpoints are written atomically, so a killed run leaves no truncated file; this still skips
+    a state whose network file is missing (e.g. deleted by hand) rather than failing.
+    """
+    if not opt['auto_resume']:
+        path = opt['path'].get('resume_state')
+        return (path, load_checkpoint_file(path)) if path else (None, None)
+    state_dir = opt['path']['training_states']
+    if not osp.isdir(state_dir):
+        return None, None
+    iters = sorted((int(n[:-len('.state')]) for n in os.listdir(state_dir)
+                    if n.endswith('.state') and n[:-len('.state')].isdigit()), reverse=True)
+    for it in iters:
+        if osp.isfile(osp.join(opt['path']['models'], f'net_g_{it}.pth')):
+            path = osp.join(state_dir, f'{it}.state')
+            try:
+                return path, load_checkpoint_file(path)
+            except ConfigError as err:
+                print(f'Skipping unreadable training state: {err}', flush=True)
+    return None, None
+
+
+def train_pipeline(root_path, argv=None):
+    opt, args = parse_options(root_path, is_train=True, argv=argv)
+    opt['root_path'] = root_path
+    check_model_and_metrics(opt)
+    check_datasets(opt)
+    torch.backends.cudnn.benchmark = True
+
+    resume_path, resume_state = find_resume_state(opt)
+    if resume_state is not None:
+        opt['path']['resume_state'] = resume_path
+        check_resume(opt, resume_state['iter'])
+    else:
+        make_exp_dirs(opt)  # an existing experiment folder is renamed to *_archived_<time>, never overwritten
+        if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
+            mkdir_and_rename(osp.join(root_path, 'tb_logger', opt['name']))
+    copy_opt_file(args.opt, opt['path']['experiments_root'])
+
+    log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger.info(get_env_info())
+    logger.info(dict2str(opt))
+    tb_logger = init_tb_loggers(opt)
+
+    train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_dataloaders(opt, logger)
+    model = build_model(opt)
+    start_epoch, current_iter = 0, 0
+    if resume_state is not None:
+        model.resume_training(resume_state)
+        start_epoch, current_iter = resume_state['epoch'], resume_state['iter']
+        logger.info(f'Resuming training from epoch {start_epoch}, iter {current_iter}.')
+
+    msg_logger = MessageLogger(opt, current_iter, tb_logger)
+    if opt['datasets']['train'].get('prefetch_mode') == 'cuda':
+        prefetcher = CUDAPrefetcher(train_loader, opt)
+    else:
+        prefetcher = CPUPrefetcher(train_loader)
+
+    logger.info(f'Start training from epoch {start_epoch}, iter {current_iter}.')
+    data_timer, iter_timer = AvgTimer(), AvgTimer()
+    start_time = time.time()
+    val_opt = opt.get('val')
+    epoch = start_epoch
+    for epoch in range(start_epoch, total_epochs + 1):
+        if current_iter >= total_iters:
+            break
+        train_sampler.set_epoch(epoch)
+        prefetcher.reset()
+        train_data = prefetcher.next()
+        while train_data is not None and current_iter < total_iters:
+            data_timer.record()
+            current_iter += 1
+            model.update_learning_rate(current_iter, warmup_iter=opt['train'].get('warmup_iter', -1))
+            model.feed_data(train_data)
+            model.optimize_parameters(current_iter)
+            iter_timer.record()
+            if current_iter == 1:
+                msg_logger.reset_start_time()
+            if current_iter % opt['logger']['print_freq'] == 0:
+                log_vars = {'epoch': epoch, 'iter': current_iter, 'lrs': model.get_current_learning_rate(),
+                            'time': iter_timer.get_avg_time(), 'data_time': data_timer.get_avg_time()}
+                log_vars.update(model.get_current_log())
+                msg_logger(log_vars)
+            if current_iter % opt['logger']['save_checkpoint_freq'] == 0:
+                logger.info('Saving models and training states.')
+                model.save(epoch, current_iter)
+            if val_opt is not None and current_iter % val_opt['val_freq'] == 0:
+                for val_loader in val_loaders:
+                    model.validation(val_loader, current_iter, tb_logger, val_opt.get('save_img', False))
+            data_timer.start()
+            iter_timer.start()
+            train_data = prefetcher.next()
+
+    logger.info(f'End of training. Time consumed: {datetime.timedelta(seconds=int(time.time() - start_time))}')
+    logger.info('Save the latest model.')
+    model.save(epoch=-1, current_iter=-1)
+    if val_opt is not None and current_iter % val_opt['val_freq'] != 0:  # not validated at this iter yet
+        for val_loader in val_loaders:
+            model.validation(val_loader, current_iter, tb_logger, val_opt.get('save_img', False))
+    if tb_logger:
+        tb_logger.close()
+    return opt
+
+
+def main(argv=None):
+    run_cli(lambda a: train_pipeline(root_path_from_env(), a), argv)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,80 @@
+"""Checkpoint I/O: safe loading of every released layout, atomic saving, clear mismatch errors."""
+import os
+import pickle
+import tempfile
+from os import path as osp
+
+import torch
+
+from .errors import ConfigError
+
+# Where released checkpoints keep their weights, in the order we look for them.
+PARAM_KEYS = ('params_ema', 'params', 'state_dict', 'model')
+
+
+def load_checkpoint_file(path):
+    """``torch.load`` with ``weights_only=True``: a file that needs arbitrary unpickling is refused."""
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f'refusing to load {path}: it is not a plain weights file and would need to run '
+                          f'pickled code ({str(err).splitlines()[0]})') from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise ConfigError(f'cannot read checkpoint {path}: {str(err).splitlines()[0]}') from None
+
+
+def extract_state_dict(checkpoint, path, param_key='params'):
+    """The network weights of a BasicSR (``params``/``params_ema``), SwinIR-repo (raw state dict) or
+    other released checkpoint; ``param_key`` is preferred, then ``PARAM_KEYS`` in order."""
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(f'checkpoint {path} holds a {type(checkpoint).__name__}, not a state dict')
+    for key in (param_key, *PARAM_KEYS):
+        if key and isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    if not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ConfigError(f"checkpoint {path} has no weights under {param_key!r} or any of {', '.join(PARAM_KEYS)}; "
+                          f'top-level keys: {sorted(checkpoint)[:8]}')
+    return {k[7:] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
+
+
+def _first(items, n=5):
+    items = sorted(items)
+    return ', '.join(items[:n]) + (f' (+{len(items) - n} more)' if len(items) > n else '') if items else 'none'
+
+
+def load_weights(net, path, param_key='params', strict=True, arch_desc=None):
+    """Load a checkpoint into ``net``; a key/shape mismatch raises one error listing the first
+    missing, unexpected and mis-shaped keys and the architecture that was built."""
+    state = extract_state_dict(load_checkpoint_file(path), path, param_key)
+    own = net.state_dict()
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    misshaped = {k for k in set(own) & set(state) if own[k].shape != state[k].shape}
+    if misshaped or (strict and (missing or unexpected)):
+        shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in sorted(misshaped)]
+        raise ConfigError(f'checkpoint {path} does not fit the network {arch_desc or type(net).__name__}: '
+                          f'missing keys: {_first(missing)}; unexpected keys: {_first(unexpected)}; '
+                          f'mis-shaped (checkpoint vs network): {_first(shapes, 3)}')
+    net.load_state_dict(state, strict=strict)
+    return state
+
+
+def atomic_torch_save(obj, path):
+    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
+    truncated file under ``path``."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.pth', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,16 @@
+"""Session fixtures built from real images (see helpers.py)."""
+import pytest
+
+from helpers import real_photos, write_sr_pairs
+
+
+@pytest.fixture(scope='session')
+def tiny_sr_data(tmp_path_factory):
+    """x2 pairs cut from real photos: train/ (8 crops of 64x64 HR), val/ (2 crops of 48x40 HR)."""
+    root = tmp_path_factory.mktemp('tiny_sr')
+    photos = real_photos()
+    train = [p[y:y + 64, x:x + 64] for p in photos[:4] for y, x in ((0, 0), (64, 64))]
+    val = [p[100:148, 100:140] for p in photos[-2:]]
+    write_sr_pairs(root / 'train', train, 2)
+    write_sr_pairs(root / 'val', val, 2)
+    return root

@@ -1,0 +1,81 @@
+"""Test helpers: tiny real-image datasets, tiny option files, and running the real CLIs in a subprocess."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import basicsr_iln  # noqa: F401  (before basicsr)
+import cv2
+import numpy as np
+import yaml
+from basicsr.utils.matlab_functions import imresize
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATASETS = REPO.parent / 'shared' / 'datasets'
+
+
+def real_photos():
+    """Real RGB uint8 (BGR) photos: Set5 when ../shared is present, else scikit-image's bundled ones."""
+    set5 = SHARED_DATASETS / 'sr' / 'Set5'
+    if set5.is_dir():
+        return [cv2.imread(str(p)) for p in sorted(set5.glob('*.png'))]
+    from skimage import data
+    return [np.ascontiguousarray(getattr(data, n)()[..., ::-1]) for n in ('astronaut', 'chelsea', 'coffee', 'rocket')]
+
+
+def write_sr_pairs(folder, crops, scale):
+    (folder / 'HR').mkdir(parents=True)
+    (folder / f'LR_x{scale}').mkdir()
+    for i, hr in enumerate(crops):
+        lr = np.clip(np.round(imresize(hr.astype(np.float64) / 255.0, 1 / scale) * 255.0), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / 'HR' / f'img{i:02d}.png'), hr)
+        cv2.imwrite(str(folder / f'LR_x{scale}' / f'img{i:02d}.png'), lr)
+
+
+def tiny_train_options(data_root, name, norm_type='iln', total_iter=4, **network):
+    """A complete training option dict for a tiny SwinIR_iLN on ``tiny_sr_data``."""
+    net = dict(type='SwinIR_iLN', norm_type=norm_type, upscale=2, in_chans=3, img_size=16, window_size=4,
+               img_range=1.0, depths=[2], embed_dim=12, num_heads=[2], mlp_ratio=2, upsampler='pixelshuffle')
+    net.update(network)
+    pair = lambda split: dict(dataroot_gt=str(data_root / split / 'HR'), dataroot_lq=str(data_root / split / 'LR_x2'),
+                              io_backend=dict(type='disk'))
+    return {
+        'name': name, 'model_type': 'IRModel', 'scale': 2, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {
+            'train': dict(name='tiny_train', type='PairedImageDataset', gt_size=32, use_hflip=True, use_rot=True,
+                          num_worker_per_gpu=0, batch_size_per_gpu=2, dataset_enlarge_ratio=1, **pair('train')),
+            'val': dict(name='tiny_val', type='PairedImageDataset', **pair('val')),
+        },
+        'network_g': net,
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {
+            'ema_decay': 0.9, 'optim_g': {'type': 'Adam', 'lr': 2e-4, 'betas': [0.9, 0.99]},
+            'scheduler': {'type': 'MultiStepLR', 'milestones': [2], 'gamma': 0.5}, 'total_iter': total_iter,
+            'warmup_iter': -1, 'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}
+        },
+        'val': {'val_freq': 2, 'save_img': True, 'metrics': {
+            'psnr': {'type': 'calculate_psnr', 'crop_border': 2, 'test_y_channel': True},
+            'ssim': {'type': 'calculate_ssim', 'crop_border': 2, 'test_y_channel': True}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False},
+    }
+
+
+def eval_options_from_train(train_opt, name, checkpoint):
+    """Test options evaluating ``checkpoint`` on the validation set of ``train_opt``."""
+    val = dict(train_opt['datasets']['val'], name='tiny_test')
+    return {'name': name, 'model_type': 'IRModel', 'scale': train_opt['scale'], 'num_gpu': 0,
+            'datasets': {'test_1': val}, 'network_g': train_opt['network_g'],
+            'path': {'pretrain_network_g': str(checkpoint), 'param_key_g': 'params_ema', 'strict_load_g': True},
+            'val': {'save_img': True, 'suffix': None, 'metrics': train_opt['val']['metrics']}}
+
+
+def write_yaml(path, opt):
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    return path
+
+
+def run_cli(script, opt_path, workdir, *extra, timeout=300):
+    """Run ``python basicsr_iln/<script>.py -opt opt_path`` with experiments under ``workdir``."""
+    env = dict(os.environ, BASICSR_ILN_ROOT=str(workdir), PYTHONPATH=str(REPO))
+    cmd = [sys.executable, str(REPO / 'basicsr_iln' / f'{script}.py'), '-opt', str(opt_path), *extra]
+    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
