@@ -6,6 +6,10 @@ What it changes, and why:
 * checkpoints load with ``weights_only=True`` from any released layout, with one clear mismatch
   error, and are written atomically; training states also hold the RNG states, so a resumed run
   continues the same random streams;
+* training can run under bf16/fp16 autocast (``train.precision``; fp16 with a gradient scaler);
+* a non-finite loss or gradient is detected, logged with the iteration and the loss name, and the
+  step skipped; ``train.nonfinite_patience`` consecutive cases stop training with a clear error,
+  so no checkpoint with NaN weights is ever written;
 * test-time inference uses the EMA network if present (our architectures pad to the window
   multiple and crop back themselves); every validation appends its metrics to ``metrics.jsonl``
   in the experiment / results folder, for summaries and tables.
@@ -13,6 +17,7 @@ What it changes, and why:
 import json
 import os
 import random
+from collections import OrderedDict
 from os import path as osp
 
 import numpy as np
@@ -26,7 +31,15 @@ from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 
 from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights
-from basicsr_iln.utils.errors import ConfigError
+from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
+
+PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def precision_dtype(name, key):
+    if name not in PRECISIONS:
+        raise ConfigError(f"option '{key}' must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    return PRECISIONS[name]
 
 
 def build_network_checked(net_opt):
@@ -74,6 +87,63 @@ class IRModel(SRModel):
                               self.opt['path'].get('param_key_g', 'params'))
         if self.is_train:
             self.init_training_settings()
+
+    def init_training_settings(self):
+        super().init_training_settings()
+        train_opt = self.opt['train']
+        self.train_dtype = precision_dtype(train_opt.get('precision', 'fp32'), 'train.precision')
+        self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_dtype == torch.float16)
+        self.nonfinite_patience = int(train_opt.get('nonfinite_patience', 10))
+        self.nonfinite_streak = 0
+
+    def compute_losses(self):
+        """Forward pass and the weighted losses, as an ordered dict name -> loss tensor."""
+        losses = OrderedDict()
+        self.output = self.net_g(self.lq)
+        if self.cri_pix:
+            losses['l_pix'] = self.cri_pix(self.output, self.gt)
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            for name, value in (('l_percep', l_percep), ('l_style', l_style)):
+                if value is not None:
+                    losses[name] = value
+        return losses
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad(set_to_none=True)
+        autocast = self.train_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.train_dtype, enabled=autocast):
+            losses = self.compute_losses()
+        total = sum(losses.values())
+        self.grad_scaler.scale(total).backward()
+        self.grad_scaler.unscale_(self.optimizer_g)
+        bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
+        if not bad and not all(torch.isfinite(p.grad).all() for p in self.net_g.parameters() if p.grad is not None):
+            bad = ['gradients']
+        if bad == ['gradients'] and self.grad_scaler.is_enabled():
+            # fp16 overflow of the scaled gradients is routine: the scaler skips the step and backs off.
+            self.grad_scaler.step(self.optimizer_g)
+            self.grad_scaler.update()
+        elif bad:
+            self._skip_nonfinite_step(current_iter, bad)
+        else:
+            self.nonfinite_streak = 0
+            self.grad_scaler.step(self.optimizer_g)
+            self.grad_scaler.update()
+            if self.ema_decay > 0:
+                self.model_ema(decay=self.ema_decay)
+        self.log_dict = self.reduce_loss_dict(losses)
+
+    def _skip_nonfinite_step(self, current_iter, bad):
+        self.nonfinite_streak += 1
+        self.optimizer_g.zero_grad(set_to_none=True)
+        message = (f'non-finite {", ".join(bad)} at iter {current_iter} '
+                   f'({self.nonfinite_streak} in a row); step skipped')
+        get_root_logger().warning(message)
+        if self.nonfinite_streak >= self.nonfinite_patience:
+            raise NonFiniteTrainingError(f'{message}; stopping after {self.nonfinite_patience} consecutive '
+                                         'non-finite steps (option train.nonfinite_patience). The last '
+                                         'checkpoint on disk is from before the divergence.')
 
     def model_to_device(self, net):
         net = net.to(self.device)

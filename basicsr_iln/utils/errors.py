@@ -2,8 +2,16 @@
 import sys
 
 
-class ConfigError(Exception):
+class UserFacingError(Exception):
+    """An error the CLIs report as one line (no traceback): the message says what to fix."""
+
+
+class ConfigError(UserFacingError):
     """Bad input from the user (option file, data, checkpoint): the message names the culprit."""
+
+
+class NonFiniteTrainingError(UserFacingError):
+    """Training diverged: too many consecutive non-finite steps (iteration and loss are named)."""
 
 
 def run_cli(main, argv=None):
@@ -11,7 +19,7 @@ def run_cli(main, argv=None):
     argv = sys.argv[1:] if argv is None else argv
     try:
         return main(argv)
-    except (ConfigError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except (UserFacingError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         if '--traceback' in argv:
             raise
         message = str(err).replace('\n', ' ')
