@@ -65,7 +65,7 @@ class TokenRescaledLayerNorm(_BranchNormMixin, nn.LayerNorm):
 
     def forward_with_scale(self, x):
         std = torch.sqrt(_float_var_mean(x, -1)[0] + self.eps)
-        return super().forward(x), std
+        return nn.LayerNorm.forward(self, x), std  # not super(): the mixin's forward calls back here
 
 
 class HolisticLayerNorm(_BranchNormMixin, nn.Module):
@@ -127,7 +127,7 @@ class BatchNorm(_BranchNormMixin, nn.BatchNorm1d):
     """BatchNorm1d over batch and tokens for (B, L, C) sequences (running statistics at test)."""
 
     def forward_with_scale(self, x):
-        return super().forward(x.transpose(1, 2)).transpose(1, 2), None
+        return nn.BatchNorm1d.forward(self, x.transpose(1, 2)).transpose(1, 2), None  # not the mixin's forward
 
 
 class RMSNorm(nn.RMSNorm):

@@ -184,7 +184,7 @@ def image_to_tokens(x):
 
 
 def build_resi_conv(dim, resi_connection):
-    """The convolution at the end of a residual group / after the body ('1conv' or '3conv')."""
+    """The convolution at the end of a residual group / after the body ('1conv', '3conv', 'identity')."""
     if resi_connection == '1conv':
         return nn.Conv2d(dim, dim, 3, 1, 1)
     if resi_connection == '3conv':  # fewer parameters
@@ -192,7 +192,9 @@ def build_resi_conv(dim, resi_connection):
             nn.Conv2d(dim, dim // 4, 3, 1, 1), nn.LeakyReLU(negative_slope=0.2, inplace=True),
             nn.Conv2d(dim // 4, dim // 4, 1, 1, 0), nn.LeakyReLU(negative_slope=0.2, inplace=True),
             nn.Conv2d(dim // 4, dim, 3, 1, 1))
-    raise ValueError(f"Unknown resi_connection '{resi_connection}'. Valid: '1conv', '3conv'.")
+    if resi_connection == 'identity':  # HAT/DRCT option: no convolution
+        return nn.Identity()
+    raise ValueError(f"Unknown resi_connection '{resi_connection}'. Valid: '1conv', '3conv', 'identity'.")
 
 
 class BlockSequence(nn.Module):
@@ -359,7 +361,7 @@ class RestorationTransformer(nn.Module):
 
 def stochastic_depth(drop_path_rate, depths):
     """Per-block drop-path rates rising linearly over all blocks, split per stage."""
-    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # also under a meta device
     starts = [sum(depths[:i]) for i in range(len(depths))]
     return [rates[s:s + d] for s, d in zip(starts, depths)]
 
