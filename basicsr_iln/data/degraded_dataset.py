@@ -44,6 +44,25 @@ def noise_seed(path, sigma):
     return int.from_bytes(digest[:8], 'little')
 
 
+def seeded_noise_rng(path, sigma):
+    """The test-phase noise generator of one image (see ``noise_seed``)."""
+    return np.random.Generator(np.random.PCG64(noise_seed(path, sigma)))
+
+
+def add_gaussian_noise(img, sigma, rng):
+    """uint8 HWC image -> float32 image/255 + N(0, (sigma/255)^2) drawn from ``rng``, not clipped."""
+    return (img / 255. + rng.normal(0., sigma / 255., img.shape)).astype(np.float32)
+
+
+def jpeg_roundtrip(img, quality, path):
+    """uint8 HWC image (BGR or 1 channel) -> float32 [0, 1] image after OpenCV JPEG at ``quality``."""
+    ok, encoded = cv2.imencode('.jpg', img, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
+    if not ok:
+        raise RuntimeError(f'OpenCV could not JPEG-encode {path}')
+    flag = cv2.IMREAD_GRAYSCALE if img.shape[2] == 1 else cv2.IMREAD_COLOR
+    return cv2.imdecode(encoded, flag).reshape(img.shape).astype(np.float32) / 255.
+
+
 def _is_number(value):
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
@@ -205,11 +224,8 @@ class GaussianNoiseDataset(_CleanImageDataset):
     def degrade(self, img, path):
         if self.is_train:
             sigma = np.random.uniform(*self.sigma_range) if self.sigma_range else self.sigma
-            noise = np.random.normal(0., sigma / 255., img.shape)
-        else:
-            rng = np.random.Generator(np.random.PCG64(noise_seed(path, self.sigma)))
-            noise = rng.normal(0., self.sigma / 255., img.shape)
-        return (img / 255. + noise).astype(np.float32)
+            return add_gaussian_noise(img, sigma, np.random)
+        return add_gaussian_noise(img, self.sigma, seeded_noise_rng(path, self.sigma))
 
 
 @DATASET_REGISTRY.register()
@@ -223,8 +239,4 @@ class JPEGCompressionDataset(_CleanImageDataset):
 
     def degrade(self, img, path):
         quality = random.randint(*self.quality_range) if self.quality_range else self.quality
-        ok, encoded = cv2.imencode('.jpg', img, [int(cv2.IMWRITE_JPEG_QUALITY), quality])
-        if not ok:
-            raise RuntimeError(f'OpenCV could not JPEG-encode {path}')
-        flag = cv2.IMREAD_GRAYSCALE if img.shape[2] == 1 else cv2.IMREAD_COLOR
-        return cv2.imdecode(encoded, flag).reshape(img.shape).astype(np.float32) / 255.
+        return jpeg_roundtrip(img, quality, path)
