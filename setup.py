@@ -21,6 +21,7 @@ setup(
         'console_scripts': [
             'basicsr-iln-train=basicsr_iln.train:main',
             'basicsr-iln-test=basicsr_iln.test:main',
+            'basicsr-iln-infer=basicsr_iln.infer:main',
         ],
     },
 )
