@@ -2,7 +2,8 @@
 
 Evaluates ``path.pretrain_network_g`` on every ``datasets.test_*`` set with the option file's
 ``val.metrics``; writes restored images (``val.save_img``), a log and ``metrics.jsonl`` under
-``results/<name>/``.
+``results/<name>/``. With ``--launcher pytorch|slurm`` the test sets are split across the processes
+and the metrics gathered (IRModel.validation): the same numbers as a single-process run.
 """
 import logging
 import sys
@@ -20,6 +21,7 @@ from basicsr.utils.options import dict2str  # noqa: E402
 
 from basicsr_iln.train import build_dataset_checked  # noqa: E402
 from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
+from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
 
@@ -52,6 +54,7 @@ def test_pipeline(root_path, argv=None):
     for loader in test_loaders:
         logger.info(f"Testing {loader.dataset.opt['name']}...")
         model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=val_opt.get('save_img', False))
+    close_dist()
     return opt
 
 

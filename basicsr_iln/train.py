@@ -27,6 +27,7 @@ from basicsr.utils.options import copy_opt_file, dict2str  # noqa: E402
 
 from basicsr_iln.utils.checkpoint import load_checkpoint_file  # noqa: E402
 from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
+from basicsr_iln.utils.dist import broadcast_from_rank0, close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
 
@@ -67,14 +68,27 @@ def create_dataloaders(opt, logger):
 
 
 def find_resume_state(opt):
-    """The latest training state whose file loads and whose network checkpoint exists, or None.
+    """(path, state) of the training state to resume from, or (None, None).
 
-    Checkpoints are written atomically, so a killed run leaves no truncated file; this still skips
-    a state whose network file is missing (e.g. deleted by hand) rather than failing.
+    With ``--auto_resume`` under DDP, rank 0 chooses and broadcasts the path: every rank resumes from
+    the same state even if its view of the folder differs (a network file system's stale cache).
     """
     if not opt['auto_resume']:
         path = opt['path'].get('resume_state')
         return (path, load_checkpoint_file(path)) if path else (None, None)
+    path, state = latest_complete_state(opt) if opt['rank'] == 0 else (None, None)
+    path = broadcast_from_rank0(path)
+    if path is not None and state is None:
+        state = load_checkpoint_file(path)
+    return path, state
+
+
+def latest_complete_state(opt):
+    """The latest training state whose file loads and whose network checkpoint exists, or (None, None).
+
+    Checkpoints are written atomically, so a killed run leaves no truncated file; this still skips
+    a state whose network file is missing (e.g. deleted by hand) rather than failing.
+    """
     state_dir = opt['path']['training_states']
     if not osp.isdir(state_dir):
         return None, None
@@ -105,7 +119,8 @@ def train_pipeline(root_path, argv=None):
         make_exp_dirs(opt)  # an existing experiment folder is renamed to *_archived_<time>, never overwritten
         if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
             mkdir_and_rename(osp.join(root_path, 'tb_logger', opt['name']))
-    copy_opt_file(args.opt, opt['path']['experiments_root'])
+    if opt['rank'] == 0:  # the only writer: other ranks never touch the experiment folder
+        copy_opt_file(args.opt, opt['path']['experiments_root'])
 
     log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
     logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
@@ -170,6 +185,7 @@ def train_pipeline(root_path, argv=None):
             model.validation(val_loader, current_iter, tb_logger, val_opt.get('save_img', False))
     if tb_logger:
         tb_logger.close()
+    close_dist()
     return opt
 
 

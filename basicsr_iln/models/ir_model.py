@@ -12,7 +12,9 @@ What it changes, and why:
   so no checkpoint with NaN weights is ever written;
 * test-time inference uses the EMA network if present (our architectures pad to the window
   multiple and crop back themselves); every validation appends its metrics to ``metrics.jsonl``
-  in the experiment / results folder, for summaries and tables.
+  in the experiment / results folder, for summaries and tables;
+* under DDP, validation/testing is split across ranks and gathered (see ``validation``), the
+  non-finite decision is shared by all ranks, and every rank's RNG states are saved and restored.
 """
 import json
 import os
@@ -22,15 +24,20 @@ from os import path as osp
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from basicsr.archs import build_network
+from basicsr.metrics import calculate_metric
 from basicsr.models.base_model import BaseModel
 from basicsr.models.sr_model import SRModel
-from basicsr.utils import get_root_logger
-from basicsr.utils.dist_util import master_only
+from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import default_collate
+from tqdm import tqdm
 
 from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights
+from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -117,9 +124,7 @@ class IRModel(SRModel):
         total = sum(losses.values())
         self.grad_scaler.scale(total).backward()
         self.grad_scaler.unscale_(self.optimizer_g)
-        bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
-        if not bad and not all(torch.isfinite(p.grad).all() for p in self.net_g.parameters() if p.grad is not None):
-            bad = ['gradients']
+        bad = self._nonfinite(losses)
         if bad == ['gradients'] and self.grad_scaler.is_enabled():
             # fp16 overflow of the scaled gradients is routine: the scaler skips the step and backs off.
             self.grad_scaler.step(self.optimizer_g)
@@ -133,6 +138,23 @@ class IRModel(SRModel):
             if self.ema_decay > 0:
                 self.model_ema(decay=self.ema_decay)
         self.log_dict = self.reduce_loss_dict(losses)
+
+    def _nonfinite(self, losses):
+        """Names of the non-finite losses, else ['gradients'] if a gradient is non-finite, else [].
+
+        Under DDP this is the worst case over all ranks, so that every rank skips, rescales (fp16) and
+        counts the streak alike: otherwise ranks would diverge, or one would stop while the others wait.
+        """
+        bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
+        level = 2 if bad else int(not all(torch.isfinite(p.grad).all() for p in self.net_g.parameters()
+                                          if p.grad is not None))
+        if self.opt['dist']:
+            worst = torch.tensor(level, device=self.device)
+            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+            level = int(worst)
+        if level == 2:
+            return bad or ['a loss on another rank']
+        return ['gradients'] if level == 1 else []
 
     def _skip_nonfinite_step(self, current_iter, bad):
         self.nonfinite_streak += 1
@@ -175,31 +197,90 @@ class IRModel(SRModel):
         label = 'latest' if current_iter == -1 else current_iter
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
-    @master_only
     def save_training_state(self, epoch, current_iter):
+        """Rank 0 writes the state; it holds every rank's RNG states (collected here, so every rank calls this)."""
         if current_iter == -1:
+            return
+        rngs = gather_to_rank0(rng_states())
+        if self.opt['rank'] != 0:
             return
         state = {
             'epoch': epoch,
             'iter': current_iter,
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
-            'rng': rng_states(),
+            'rng_per_rank': rngs,
         }
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
-        if 'rng' in resume_state and not self.opt['dist']:
-            set_rng_states(resume_state['rng'])
+        rngs = resume_state.get('rng_per_rank') or []
+        if len(rngs) == self.opt['world_size']:
+            set_rng_states(rngs[self.opt['rank']])
+        else:
+            get_root_logger().warning(f'Random streams restart from the seed: the state holds RNG states of '
+                                      f"{len(rngs)} processes, this run has {self.opt['world_size']}.")
 
     def test(self):
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
+        # The bare network: DDP's forward may broadcast buffers, a collective that a rank with one
+        # validation image fewer would never join.
+        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
         was_training = net.training
         net.eval()
         with torch.no_grad():
             self.output = net(self.lq)
         net.train(was_training)
+
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        """Validate (or test) on ``dataloader.dataset``, split across ranks: image i on rank i mod world size.
+
+        Rank 0 receives the restored images and is the only writer; every rank receives all per-image
+        metrics and averages them over images in dataset order, so the numbers equal a single-process
+        run's, and no rank waits in a training collective while another validates a whole set.
+        """
+        dataset = dataloader.dataset
+        dataset_name = dataset.opt['name']
+        metrics_opt = self.opt['val'].get('metrics') or {}
+        rank, world_size = get_dist_info()
+        records = []
+        for start in tqdm(range(0, len(dataset), world_size), unit='step', disable=rank != 0 or
+                          not self.opt['val'].get('pbar', False), desc=f'Validate {dataset_name}'):
+            restored = self._restore_one(dataset, start + rank, metrics_opt) if start + rank < len(dataset) else None
+            if restored is not None:
+                records.append((start + rank, restored[2]))
+            if save_img:
+                for item in gather_to_rank0(restored and restored[:2]) or []:
+                    if item is not None:
+                        imwrite(item[1], self._visualization_path(item[0], dataset_name, current_iter))
+        if metrics_opt:
+            per_image = [values for _, values in sorted(sum(all_gather(records), []), key=lambda r: r[0])]
+            self.metric_results = {name: sum(v[name] for v in per_image) / len(per_image) for name in metrics_opt}
+            self._initialize_best_metric_results(dataset_name)
+            for name, value in self.metric_results.items():
+                self._update_best_metric_result(dataset_name, name, value, current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+
+    def _restore_one(self, dataset, index, metrics_opt):
+        """(image name, restored uint8 image, {metric: value}) for item ``index`` of ``dataset``."""
+        data = default_collate([dataset[index]])
+        self.feed_data(data)
+        self.test()
+        metric_data = {'img': tensor2img([self.output.detach().cpu()])}
+        if 'gt' in data:
+            metric_data['img2'] = tensor2img([self.gt.detach().cpu()])
+            del self.gt  # the next item may have no ground truth
+        del self.lq, self.output
+        values = {name: calculate_metric(metric_data, metric_opt) for name, metric_opt in metrics_opt.items()}
+        return osp.splitext(osp.basename(data['lq_path'][0]))[0], metric_data['img'], values
+
+    def _visualization_path(self, img_name, dataset_name, current_iter):
+        """BasicSR's layout: <name>/<name>_<iter>.png in training, <set>/<name>_<suffix or run name>.png in testing."""
+        folder = self.opt['path']['visualization']
+        if self.opt['is_train']:
+            return osp.join(folder, img_name, f'{img_name}_{current_iter}.png')
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(folder, dataset_name, f'{img_name}_{suffix}.png')
 
     def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
         super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)

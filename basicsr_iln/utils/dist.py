@@ -9,6 +9,8 @@ import subprocess
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 
 def default_backend():
     return 'nccl' if torch.cuda.is_available() else 'gloo'
@@ -18,16 +20,57 @@ def init_dist(launcher, backend=None, port=None, **kwargs):
     """Initialise the process group for ``--launcher pytorch`` (torchrun) or ``slurm``.
 
     ``backend`` (option ``dist_params.backend``) defaults to nccl with CUDA, else gloo. With CUDA,
-    each process uses the GPU of its local rank.
+    each process uses the GPU of its local rank, whatever the backend (gloo on GPUs would otherwise
+    put every process on GPU 0).
     """
     backend = backend or default_backend()
+    if backend == 'nccl' and not torch.cuda.is_available():
+        raise ConfigError("dist_params.backend is 'nccl' but CUDA is not available: remove the option "
+                          "(gloo is chosen on CPU-only machines) or set it to 'gloo'")
     if launcher == 'slurm':
         _set_env_from_slurm(port)
     elif launcher != 'pytorch':
         raise ValueError(f"Unknown launcher '{launcher}'. Valid: none, pytorch, slurm.")
-    if torch.cuda.is_available() and backend == 'nccl':
+    if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
     dist.init_process_group(backend=backend, **kwargs)
+
+
+def is_dist():
+    return dist.is_available() and dist.is_initialized()
+
+
+def broadcast_from_rank0(obj):
+    """Rank 0's ``obj`` on every rank (``obj`` itself without a process group)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_rank0(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` on rank 0 and None elsewhere; ``[obj]`` without a process group."""
+    if not is_dist():
+        return [obj]
+    objs = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, objs, dst=0)
+    return objs
+
+
+def all_gather(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank; ``[obj]`` without a process group."""
+    if not is_dist():
+        return [obj]
+    objs = [None] * dist.get_world_size()
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def close_dist():
+    """Destroy the process group at the end of a CLI run (torch warns about a leaked one)."""
+    if is_dist():
+        dist.destroy_process_group()
 
 
 def _set_env_from_slurm(port):

@@ -1,0 +1,323 @@
+#!/usr/bin/env python
+"""Evaluate checkpoints over the standard test sets of their task and write the i-LN paper's tables.
+
+    python scripts/evaluate_tables.py RUN [RUN ...] [--out results/tables] [--self-ensemble]
+
+A RUN is a test option file (``options/test/...``: network, checkpoint, test sets and metrics), a
+training option file or experiment folder (the test option file of the same stem is looked up
+under ``--test-options``; for a folder its ``models/net_g_latest.pth`` is evaluated), or a
+checkpoint inside an experiment folder. ``LABEL=RUN`` names the backbone as in the paper (e.g.
+``HAT_1=experiments/train_HAT-mini_SRx4_normcmp_iln``); otherwise the official i-LN HAT-mini and
+full HAT sizes are recognised as HAT_1 / HAT_dagger and other sizes are labelled <family>-<dim>x<stages>.
+
+Writes ``tables.md`` and ``tables.csv`` (one row per cell: ours, paper, delta, status) under
+``--out``: Table 1 (normalisation schemes, x4 SR), Table 2 (LN vs i-LN per task and backbone), SR
+(Set5/Set14/B100/Urban100/Manga109, x2/x3/x4), DN (sigma 15/25/50) and CAR (q 10/20/30/40,
+PSNR/SSIM/PSNR-B). Published values come from docs/paper_results.csv only; a value the paper (or
+that file) lacks stays empty. A missing test set, checkpoint or run is written into its cell.
+"""
+import argparse
+import csv
+import inspect
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import basicsr_iln  # noqa: E402,F401
+from basicsr.data import build_dataloader  # noqa: E402
+from basicsr.models import build_model  # noqa: E402
+from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+
+from basicsr_iln.train import build_dataset_checked  # noqa: E402
+from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
+from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
+from basicsr_iln.utils.options import load_yaml_file, parse_options  # noqa: E402
+
+PAPER_CSV = REPO / 'docs' / 'paper_results.csv'
+# The paper's table layouts (columns shown whether or not a run covers them).
+SR_SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
+TABLE1_SETS = ('Set14', 'B100', 'Urban100', 'Manga109')
+CLEAN_SETS = {('DN', 'color'): ('CBSD68', 'Kodak24', 'McMaster', 'Urban100'), ('DN', 'gray'): ('Set12', 'BSD68', 'Urban100'),
+              ('CAR', 'gray'): ('classic5', 'LIVE1'), ('CAR', 'color'): ('LIVE1', )}
+LEVELS = {'SR': (2, 3, 4), 'DN': (15, 25, 50), 'CAR': (10, 20, 30, 40)}
+LEVEL_FORMAT = {'SR': 'x{}', 'DN': 'sigma{}', 'CAR': 'q{}'}
+METRIC_DIGITS = {'psnr': 2, 'ssim': 4, 'psnrb': 2}
+METRIC_NAMES = {'psnr': 'PSNR', 'ssim': 'SSIM', 'psnrb': 'PSNR-B'}
+DEGRADED_TASKS = {'GaussianNoiseDataset': ('DN', 'sigma'), 'JPEGCompressionDataset': ('CAR', 'quality')}
+# Paper backbone names of known sizes: the official i-LN release's HAT-mini (HAT_1) and full-size
+# HAT (HAT_dagger), ../shared/reference/README.md and state_dict_layouts.json.
+PAPER_BACKBONES = {
+    'HAT_1': ('HAT', {'embed_dim': 96, 'depths': [6] * 6, 'compress_ratio': 24, 'squeeze_factor': 24}),
+    'HAT_dagger': ('HAT', {'embed_dim': 180, 'depths': [6] * 6, 'compress_ratio': 3, 'squeeze_factor': 30}),
+}
+# Cell states besides a value; the CSV keeps the detail (paths).
+NO_RUN = 'no run'
+MISSING_SET = 'missing test set'
+MISSING_CKPT = 'missing checkpoint'
+NOT_TESTED = 'not in the test options'
+NOT_COMPUTED = 'metric not computed'
+
+
+def load_published(path=PAPER_CSV):
+    """{(task, backbone, level, dataset, norm, metric): (value text, table number)}; '#' lines are notes."""
+    with open(path, newline='', encoding='utf-8') as f:
+        rows = csv.DictReader(line for line in f if not line.startswith('#'))
+        return {(r['task'], r['backbone'], r['scale_or_level'], r['dataset'], r['norm'], r['metric']):
+                (r['value'], r['table']) for r in rows}
+
+
+def network_facts(net_opt):
+    """(family, norm_type, effective kwargs) of ``network_g``: class defaults overlaid by the options."""
+    cls = ARCH_REGISTRY.get(net_opt['type'])
+    kwargs = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        params = inspect.signature(klass.__init__).parameters.values() if '__init__' in vars(klass) else []
+        kwargs.update({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
+    kwargs.update({k: v for k, v in net_opt.items() if k != 'type'})
+    family = next((name for name in ('SwinIR', 'HAT', 'DRCT') if name in (c.__name__ for c in cls.__mro__)),
+                  cls.__name__)
+    return family, kwargs.get('norm_type', 'ln'), kwargs
+
+
+def backbone_label(family, kwargs):
+    for label, (fam, size) in PAPER_BACKBONES.items():
+        if fam == family and all(list(kwargs.get(k, [])) == v if isinstance(v, list) else kwargs.get(k) == v
+                                 for k, v in size.items()):
+            return label
+    return f"{family}-{kwargs.get('embed_dim')}x{len(kwargs.get('depths', ()))}"
+
+
+def find_test_options(stem, test_options_dir):
+    found = sorted(Path(test_options_dir).rglob(f'test_{stem}.yml'))
+    if not found:
+        raise ConfigError(f"no test option file 'test_{stem}.yml' under {test_options_dir} for run '{stem}' "
+                          '(pass the test option file itself, or --test-options DIR)')
+    return found[0]
+
+
+def resolve_run(spec, test_options_dir):
+    """(label or None, test option file, checkpoint overriding path.pretrain_network_g or None)."""
+    label, sep, rest = spec.partition('=')
+    if not sep or Path(spec).exists():
+        label, rest = None, spec
+    path = Path(rest)
+    if path.suffix == '.pth':
+        if path.parent.name != 'models':
+            raise ConfigError(f'cannot tell the network of checkpoint {path}: give its test option file (with '
+                              'path.pretrain_network_g) or its experiment folder')
+        return label, find_test_options(path.parent.parent.name.removeprefix('train_'), test_options_dir), path
+    if path.is_dir():
+        return (label, find_test_options(path.name.removeprefix('train_'), test_options_dir),
+                path / 'models' / 'net_g_latest.pth')
+    opt = load_yaml_file(str(path))
+    if 'train' in (opt.get('datasets') or {}):
+        return label, find_test_options(str(opt['name']).removeprefix('train_'), test_options_dir), None
+    return label, path, None
+
+
+def dataset_task(dataset_opt, scale):
+    """(task, colour, level) of one test dataset option."""
+    task, key = DEGRADED_TASKS.get(dataset_opt['type'], ('SR', None))
+    gray = dataset_opt.get('in_ch') == 1 or dataset_opt.get('color') in ('gray', 'y')
+    level = scale if task == 'SR' else dataset_opt.get(key)
+    return task, 'gray' if gray else 'color', int(level) if float(level).is_integer() else level
+
+
+def missing_folder(dataset_opt):
+    for key in ('dataroot_gt', 'dataroot_lq'):
+        if dataset_opt.get(key) and not Path(dataset_opt[key]).exists():
+            return dataset_opt[key]
+    return None
+
+
+def evaluate_run(spec, args):
+    """Records {task, colour, level, dataset, backbone, norm, run, metrics or status} of one run."""
+    label, opt_path, checkpoint = resolve_run(spec, args.test_options)
+    opt, _ = parse_options(str(args.out.resolve()), is_train=False, argv=['-opt', str(opt_path)])
+    if checkpoint is not None:
+        opt['path']['pretrain_network_g'] = str(checkpoint)
+    checkpoint = opt['path'].get('pretrain_network_g')
+    family, norm, kwargs = network_facts(opt['network_g'])
+    label = label or backbone_label(family, kwargs)
+    records, present = [], {}
+    for phase, dataset_opt in opt['datasets'].items():
+        task, color, level = dataset_task(dataset_opt, opt.get('scale', 1))
+        record = dict(task=task, color=color, level=level, dataset=dataset_opt['name'], backbone=label, norm=norm,
+                      run=str(opt_path), checkpoint=str(checkpoint))
+        missing = missing_folder(dataset_opt)
+        if not checkpoint or not Path(checkpoint).is_file():
+            record.update(status=MISSING_CKPT, detail=f'checkpoint not found: {checkpoint}')
+        elif missing:
+            record.update(status=MISSING_SET, detail=f'test set not found: {missing}')
+        else:
+            present[phase] = dataset_opt
+        records.append(record)
+    if present:
+        opt['datasets'] = present
+        opt['val'] = dict(opt.get('val') or {}, save_img=False, self_ensemble=args.self_ensemble)
+        check_model_and_metrics(opt)
+        check_datasets(opt)
+        model = build_model(opt)
+        by_name = {r['dataset']: r for r in records}
+        for dataset_opt in present.values():
+            loader = build_dataloader(build_dataset_checked(dataset_opt, 'test'), dataset_opt, num_gpu=opt['num_gpu'],
+                                      dist=False, sampler=None, seed=opt['manual_seed'])
+            model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=False)
+            by_name[dataset_opt['name']].update(status='ok', metrics=dict(model.metric_results))
+    return records
+
+
+class Tables:
+    """Our records and the published values, indexed for cell look-ups."""
+
+    def __init__(self, records, published):
+        self.published = published
+        self.ours = {}
+        self.runs = set()
+        for r in records:
+            row = (r['task'], r['color'], r['backbone'], r['norm'], r['level'])
+            self.runs.add(row)
+            self.ours[(*row, r['dataset'])] = r
+        self.csv_rows = []
+
+    def level_text(self, task, level):
+        return LEVEL_FORMAT.get(task, '{}').format(level)
+
+    def paper(self, task, color, backbone, norm, level, dataset, metric):
+        if task != 'SR' and color != 'color':  # the published DN/CAR values are colour results
+            return None
+        return self.published.get((task, backbone, self.level_text(task, level), dataset, norm, metric))
+
+    def cell(self, table, task, color, backbone, norm, level, dataset, metric):
+        """Markdown text of one cell (ours / paper (delta)); also records the CSV row."""
+        record = self.ours.get((task, color, backbone, norm, level, dataset))
+        status = NO_RUN if (task, color, backbone, norm, level) not in self.runs else NOT_TESTED
+        detail, ours = '', None
+        if record is not None:
+            status, detail = record['status'], record.get('detail', '')
+            if status == 'ok':
+                ours = record['metrics'].get(metric)
+                status = 'ok' if ours is not None else NOT_COMPUTED
+        paper = self.paper(task, color, backbone, norm, level, dataset, metric)
+        delta = ours - float(paper[0]) if ours is not None and paper else None
+        digits = METRIC_DIGITS.get(metric, 4)
+        self.csv_rows.append({
+            'table': table, 'task': task, 'color': color, 'backbone': backbone, 'norm': norm,
+            'level': self.level_text(task, level), 'dataset': dataset, 'metric': metric,
+            'ours': '' if ours is None else f'{ours:.6f}', 'paper': paper[0] if paper else '',
+            'paper_table': paper[1] if paper else '', 'delta': '' if delta is None else f'{delta:.6f}',
+            'status': status, 'detail': detail, 'run': record['run'] if record else ''})
+        text = f'{ours:.{digits}f}' if ours is not None else f'*{status}*'
+        if paper:
+            text += f' / {paper[0]} ({delta:+.{digits}f})' if delta is not None else f' / {paper[0]}'
+        return text
+
+    def published_rows(self, task, keep=lambda key: True):
+        return [key for key in self.published if key[0] == task and keep(key)]
+
+
+def level_of(task, text):
+    return int(text[len(LEVEL_FORMAT[task].format('')):]) if task in LEVEL_FORMAT and text != '-' else text
+
+
+def markdown(header, rows):
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    return lines + ['| ' + ' | '.join(map(str, row)) + ' |' for row in rows]
+
+
+def table1(t):
+    """Normalisation schemes, x4 SR: a row per backbone and norm."""
+    keys = {(b, n) for task, c, b, n, lv in t.runs if task == 'SR' and lv == 4}
+    keys |= {(k[1], k[4]) for k in t.published_rows('SR', lambda k: t.published[k][1] == '1')}
+    header = ['backbone', 'norm'] + [f'{d} {METRIC_NAMES[m]}' for d in TABLE1_SETS for m in ('psnr', 'ssim')]
+    rows = [[b, n] + [t.cell('1', 'SR', 'color', b, n, 4, d, m) for d in TABLE1_SETS for m in ('psnr', 'ssim')]
+            for b, n in sorted(keys)]
+    return '## Table 1: normalisation schemes (x4 SR)', markdown(header, rows)
+
+
+def table2(t):
+    """LN vs i-LN per task and backbone: a row per task, backbone, level and test set."""
+    keys = {(task, c, b, lv, d) for task, c, b, n, lv, d in t.ours if n in ('ln', 'iln')}
+    keys |= {(k[0], 'color', k[1], level_of(k[0], k[2]), k[3]) for k in t.published
+             if t.published[k][1] == '2' and k[5] in ('psnr', 'ssim')}
+    header = ['task', 'colour', 'backbone', 'level', 'test set'] + [
+        f'{name} {METRIC_NAMES[m]}' for name in ('LN', 'i-LN') for m in ('psnr', 'ssim')]
+    rows = [[task, c, b, t.level_text(task, lv), d] + [t.cell('2', task, c, b, n, lv, d, m)
+                                                       for n in ('ln', 'iln') for m in ('psnr', 'ssim')]
+            for task, c, b, lv, d in sorted(keys, key=str)]
+    return '## Table 2: LN vs i-LN per task and backbone', markdown(header, rows)
+
+
+def sr_table(t):
+    keys = {(b, n, lv) for task, c, b, n, lv in t.runs if task == 'SR'}
+    keys |= {(k[1], k[4], level_of('SR', k[2])) for k in t.published_rows('SR', lambda k: k[5] in ('psnr', 'ssim'))}
+    header = ['backbone', 'norm', 'scale'] + [f'{d} {METRIC_NAMES[m]}' for d in SR_SETS for m in ('psnr', 'ssim')]
+    rows = [[b, n, f'x{lv}'] + [t.cell('SR', 'SR', 'color', b, n, lv, d, m) for d in SR_SETS for m in ('psnr', 'ssim')]
+            for b, n, lv in sorted(keys, key=str)]
+    return '## SR: bicubic x2/x3/x4 (Y channel)', markdown(header, rows)
+
+
+def restoration_table(t, task, metrics):
+    """DN or CAR: a row per backbone, colour, norm and test set; a column per level and metric."""
+    keys = {(b, c, n) for tk, c, b, n, lv in t.runs if tk == task}
+    keys |= {(k[1], 'color', k[4]) for k in t.published_rows(task)}
+    header = ['backbone', 'colour', 'norm', 'test set'] + [
+        f'{LEVEL_FORMAT[task].format(lv)} {METRIC_NAMES[m]}' for lv in LEVELS[task] for m in metrics]
+    rows = [[b, c, n, d] + [t.cell(task, task, c, b, n, lv, d, m) for lv in LEVELS[task] for m in metrics]
+            for b, c, n in sorted(keys) for d in CLEAN_SETS[(task, c)]]
+    title = {'DN': '## DN: Gaussian denoising (sigma 15/25/50)', 'CAR': '## CAR: JPEG artifact removal (q 10/20/30/40)'}
+    return title[task], markdown(header, rows)
+
+
+def write_tables(records, published, out, command, self_ensemble):
+    t = Tables(records, published)
+    sections = [table1(t), table2(t), sr_table(t), restoration_table(t, 'DN', ('psnr', 'ssim')),
+                restoration_table(t, 'CAR', ('psnr', 'ssim', 'psnrb'))]
+    legend = [
+        f'Command: `{command}`', '',
+        f"Each cell: ours / paper (ours - paper); paper values from docs/paper_results.csv (the paper's table "
+        f"number is in tables.csv), empty where it has none. Self-ensemble x8: {'yes' if self_ensemble else 'no'}.",
+        f'*{NO_RUN}*: no checkpoint was given for the row; *{MISSING_CKPT}* / *{MISSING_SET}*: a file or folder '
+        f'does not exist (path in tables.csv); *{NOT_TESTED}*: the run\'s test option file does not list the set; '
+        'published DN/CAR values are compared with colour runs only.']
+    lines = ['# Results in the layout of the i-LN paper', ''] + legend
+    for title, table in sections:
+        lines += ['', title, ''] + table
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'tables.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    with open(out / 'tables.csv', 'w', newline='', encoding='utf-8') as f:
+        writer = csv.DictWriter(f, fieldnames=list(t.csv_rows[0]))
+        writer.writeheader()
+        writer.writerows(t.csv_rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('runs', nargs='*', metavar='[LABEL=]RUN',
+                        help='test option file, training option file, experiment folder or its checkpoint')
+    parser.add_argument('--out', type=Path, default=Path('results/tables'), help='where tables.md/.csv go')
+    parser.add_argument('--test-options', type=Path, default=REPO / 'options' / 'test',
+                        help='where to find the test option file of a training run (default: options/test)')
+    parser.add_argument('--self-ensemble', action='store_true', help='x8 self-ensemble (flips/rotations)')
+    parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+
+    def run(_):
+        records = [r for spec in args.runs for r in evaluate_run(spec, args)]
+        write_tables(records, load_published(), args.out, ' '.join(['python scripts/evaluate_tables.py', *argv]),
+                     args.self_ensemble)
+        counts = defaultdict(int)
+        for r in records:
+            counts[r['status']] += 1
+        summary = ', '.join(f'{status}: {n}' for status, n in sorted(counts.items())) or 'no runs given'
+        print(f"wrote {args.out / 'tables.md'} and {args.out / 'tables.csv'} (test sets by status: {summary})")
+
+    run_cli(run, argv)
+
+
+if __name__ == '__main__':
+    main()
