@@ -25,6 +25,7 @@ from basicsr.utils import (AvgTimer, MessageLogger, check_resume, get_env_info, 
                            get_time_str, make_exp_dirs, mkdir_and_rename)
 from basicsr.utils.options import copy_opt_file, dict2str  # noqa: E402
 
+from basicsr_iln.analysis import build_dynamics_recorder  # noqa: E402
 from basicsr_iln.utils.checkpoint import load_checkpoint_file  # noqa: E402
 from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
 from basicsr_iln.utils.dist import broadcast_from_rank0, close_dist  # noqa: E402
@@ -130,6 +131,7 @@ def train_pipeline(root_path, argv=None):
 
     train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_dataloaders(opt, logger)
     model = build_model(opt)
+    record_dynamics = build_dynamics_recorder(opt, model, val_loaders, tb_logger)  # no-op unless `analysis`
     start_epoch, current_iter = 0, 0
     if resume_state is not None:
         model.resume_training(resume_state)
@@ -160,6 +162,7 @@ def train_pipeline(root_path, argv=None):
             model.feed_data(train_data)
             model.optimize_parameters(current_iter)
             iter_timer.record()
+            record_dynamics(current_iter)  # outside the timed step
             if current_iter == 1:
                 msg_logger.reset_start_time()
             if current_iter % opt['logger']['print_freq'] == 0:
