@@ -27,7 +27,8 @@ from basicsr.utils.options import copy_opt_file, dict2str  # noqa: E402
 
 from basicsr_iln.analysis import build_dynamics_recorder  # noqa: E402
 from basicsr_iln.utils.checkpoint import load_checkpoint_file  # noqa: E402
-from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
+from basicsr_iln.utils.checks import (check_checkpoint_path, check_datasets, check_model_and_metrics,  # noqa: E402
+                                      check_writable_folder)
 from basicsr_iln.utils.dist import broadcast_from_rank0, close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
@@ -110,13 +111,15 @@ def train_pipeline(root_path, argv=None):
     opt['root_path'] = root_path
     check_model_and_metrics(opt)
     check_datasets(opt)
+    check_writable_folder(opt['path']['experiments_root'], 'experiment')
     torch.backends.cudnn.benchmark = True
 
     resume_path, resume_state = find_resume_state(opt)
     if resume_state is not None:
         opt['path']['resume_state'] = resume_path
         check_resume(opt, resume_state['iter'])
-    else:
+    check_checkpoint_path(opt)
+    if resume_state is None:
         make_exp_dirs(opt)  # an existing experiment folder is renamed to *_archived_<time>, never overwritten
         if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
             mkdir_and_rename(osp.join(root_path, 'tb_logger', opt['name']))

@@ -74,8 +74,16 @@ def write_yaml(path, opt):
     return path
 
 
-def run_cli(script, opt_path, workdir, *extra, timeout=300):
-    """Run ``python basicsr_iln/<script>.py -opt opt_path`` with experiments under ``workdir``."""
-    env = dict(os.environ, BASICSR_ILN_ROOT=str(workdir), PYTHONPATH=str(REPO))
-    cmd = [sys.executable, str(REPO / 'basicsr_iln' / f'{script}.py'), '-opt', str(opt_path), *extra]
+def cli_command(script, opt_path, workdir, *extra, root=None):
+    """(argv, env) of ``python basicsr_iln/<script>.py -opt opt_path``; outputs go under ``root`` or ``workdir``."""
+    env = dict(os.environ, BASICSR_ILN_ROOT=str(root or workdir), PYTHONPATH=str(REPO))
+    # One OpenMP thread: tiny networks gain nothing from more, and spinning threads on a shared,
+    # busy CPU made an iteration ~40x slower.
+    env.setdefault('OMP_NUM_THREADS', '1')
+    return [sys.executable, str(REPO / 'basicsr_iln' / f'{script}.py'), '-opt', str(opt_path), *extra], env
+
+
+def run_cli(script, opt_path, workdir, *extra, timeout=300, root=None):
+    """Run the CLI of ``cli_command`` in ``workdir`` to the end; returns the CompletedProcess."""
+    cmd, env = cli_command(script, opt_path, workdir, *extra, root=root)
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)

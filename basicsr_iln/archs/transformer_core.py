@@ -125,6 +125,10 @@ class TransformerBlock(nn.Module):
             self.window_size = min(self.input_resolution)
         if not 0 <= self.shift_size < self.window_size:
             raise ValueError(f'shift_size must be in [0, window_size), got {self.shift_size} for {self.window_size}')
+        if register_buffers and self.shift_size > 0 and any(r % self.window_size for r in self.input_resolution):
+            # The shift-mask buffer is built for this resolution (as in the released SwinIR/DRCT).
+            raise ValueError(f'img_size // patch_size {self.input_resolution} must be a multiple of window_size '
+                             f'{self.window_size}')
 
         self.norm1 = build_branch_norm(norm_type, dim, norm_eps)
         self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
@@ -364,4 +368,3 @@ def stochastic_depth(drop_path_rate, depths):
     rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # also under a meta device
     starts = [sum(depths[:i]) for i in range(len(depths))]
     return [rates[s:s + d] for s, d in zip(starts, depths)]
-

@@ -19,8 +19,11 @@ def load_checkpoint_file(path):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's first line suggests weights_only=False; the line naming the blocked global is the useful one.
+        lines = [line for line in str(err).splitlines() if 'GLOBAL' in line] or str(err).splitlines()[:1]
         raise ConfigError(f'refusing to load {path}: it is not a plain weights file and would need to run '
-                          f'pickled code ({str(err).splitlines()[0]})') from None
+                          f'pickled code ({lines[0].strip()}); only load it unsafely if you trust its source, '
+                          'and re-save its state dict') from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ConfigError(f'cannot read checkpoint {path}: {str(err).splitlines()[0]}') from None
 
@@ -55,9 +58,12 @@ def load_weights(net, path, param_key='params', strict=True, arch_desc=None):
     misshaped = {k for k in set(own) & set(state) if own[k].shape != state[k].shape}
     if misshaped or (strict and (missing or unexpected)):
         shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in sorted(misshaped)]
+        differing = misshaped | (missing | unexpected if strict else set())
+        hint = ('. Only the upsampler differs: the checkpoint is for another scale (check scale and '
+                'network_g.upscale)' if all(k.startswith('upsample.') for k in differing) else '')
         raise ConfigError(f'checkpoint {path} does not fit the network {arch_desc or type(net).__name__}: '
                           f'missing keys: {_first(missing)}; unexpected keys: {_first(unexpected)}; '
-                          f'mis-shaped (checkpoint vs network): {_first(shapes, 3)}')
+                          f'mis-shaped (checkpoint vs network): {_first(shapes, 3)}{hint}')
     net.load_state_dict(state, strict=strict)
     return state
 

@@ -33,15 +33,40 @@ def list_images(folder, key):
     return names
 
 
-def image_size(path):
-    """(width, height, mode) from the header; unreadable or truncated files raise ConfigError."""
+def image_header(path):
+    """(width, height, mode, more than 8 bits per channel?) from the header; unreadable or truncated files
+    raise ConfigError."""
     try:
         with Image.open(path) as img:
             img.verify()
         with Image.open(path) as img:
-            return img.size[0], img.size[1], img.mode
+            rawmode = img.tile[0][3] if img.tile else ''  # e.g. 'RGB;16B': Pillow shows 48-bit PNGs as mode RGB
+            rawmode = rawmode if isinstance(rawmode, str) else str(rawmode[0] if rawmode else '')
+            deep = img.mode.startswith(('I', 'F')) or ';16' in rawmode
+            return img.size[0], img.size[1], img.mode, deep
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ConfigError(f"cannot read image '{path}': {err}") from None
+
+
+def checked_image_size(path, where, dataset_opt):
+    """(width, height) of an image BasicSR reads faithfully. Its reader (OpenCV, IMREAD_COLOR) would
+    silently cut 16-bit images to 8 bits and drop alpha channels, so those are refused; gray images
+    are fine (read as 3 equal channels, or as Y with ``color: y``)."""
+    width, height, mode, deep = image_header(path)
+    problem = ('more than 8 bits per channel' if deep else 'an alpha channel' if 'A' in mode else
+               'a palette' if mode == 'P' else None)
+    if problem and dataset_opt.get('allow_special_modes') is not True:
+        raise ConfigError(f"{where}: image '{path}' has {problem} (mode {mode}); BasicSR reads 8-bit gray/RGB only "
+                          '(deeper images are cut to 8 bits, alpha is dropped): convert it to 8-bit gray or RGB first')
+    return width, height
+
+
+def _check_crop(dataset_opt, where, path, width, height):
+    """Training crops ``gt_size`` squares: BasicSR fails on a smaller image only in the first iterations."""
+    gt_size = dataset_opt.get('gt_size')
+    if dataset_opt.get('phase') == 'train' and gt_size and gt_size > min(width, height):
+        raise ConfigError(f"{where}.gt_size is {gt_size} but GT image '{path}' is only {width}x{height}: "
+                          'random crops need gt_size <= the smallest image side')
 
 
 def _check_paired(dataset_opt, where, scale):
@@ -57,18 +82,17 @@ def _check_paired(dataset_opt, where, scale):
         if stem not in lq_by_stem:
             raise ConfigError(f"{where}: GT image '{gt_name}' has no LQ partner '{stem}.*' in {lq_dir} "
                               f'(filename_tmpl {tmpl!r})')
-        gw, gh, gmode = image_size(osp.join(gt_dir, gt_name))
-        lw, lh, _ = image_size(osp.join(lq_dir, lq_by_stem[stem]))
+        gw, gh = checked_image_size(osp.join(gt_dir, gt_name), where, dataset_opt)
+        lw, lh = checked_image_size(osp.join(lq_dir, lq_by_stem[stem]), where, dataset_opt)
         if gh // scale != lh or gw // scale != lw:
             raise ConfigError(f"{where}: LQ '{lq_by_stem[stem]}' is {lw}x{lh} but GT '{gt_name}' is {gw}x{gh}; with "
                               f'scale {scale} the LQ must be {gw // scale}x{gh // scale}')
-        if gmode in ('I;16', 'I;16B', 'I', 'RGBA', 'LA', 'P') and dataset_opt.get('allow_special_modes') is not True:
-            raise ConfigError(f"{where}: image '{osp.join(gt_dir, gt_name)}' has mode {gmode} (16-bit, alpha or "
-                              'palette); convert it to 8-bit gray or RGB first')
+        _check_crop(dataset_opt, where, osp.join(gt_dir, gt_name), gw, gh)
 
 
 def check_datasets(opt):
-    """Registered types, existing non-empty folders, and for paired folders: counts, names and sizes."""
+    """Registered types, existing non-empty folders of readable 8-bit images at least ``gt_size`` big, channels
+    matching the network, and for paired folders: counts, names and sizes."""
     for phase, dataset_opt in opt['datasets'].items():
         where = f'datasets.{phase}'
         check_registered('dataset type', dataset_opt['type'], DATASET_REGISTRY, f'{where}.type')
@@ -84,8 +108,49 @@ def check_datasets(opt):
             _check_paired(dataset_opt, where, opt.get('scale', 1))
         else:
             for key in ('dataroot_gt', 'dataroot_lq'):
-                if dataset_opt.get(key):
-                    list_images(dataset_opt[key], f'{where}.{key}')
+                for name in list_images(dataset_opt[key], f'{where}.{key}') if dataset_opt.get(key) else []:
+                    path = osp.join(dataset_opt[key], name)
+                    width, height = checked_image_size(path, where, dataset_opt)
+                    if key == 'dataroot_gt':
+                        _check_crop(dataset_opt, where, path, width, height)
+        _check_channels(opt['network_g'], dataset_opt, where)
+
+
+def _check_channels(net_opt, dataset_opt, where):
+    """BasicSR reads every image as 3 channels unless the dataset converts to Y / gray, and a channel
+    mismatch would only fail inside the first forward pass."""
+    in_chans = net_opt.get('in_chans', net_opt.get('num_in_ch', 3))
+    gray = dataset_opt.get('color') in ('y', 'gray') or dataset_opt.get('in_ch') == 1
+    if in_chans == (1 if gray else 3):
+        return
+    if gray:
+        how = ', '.join(f'{where}.{key}: {dataset_opt[key]}' for key in ('color', 'in_ch') if key in dataset_opt)
+        fix = 'drop that option or set network_g.in_chans: 1'
+    else:
+        how = 'RGB; gray files too are read as 3 equal channels'
+        fix = f'set {where}.color: y to train on the Y channel, or network_g.in_chans: 3'
+    raise ConfigError(f'network_g.in_chans is {in_chans} but {where} gives {1 if gray else 3}-channel images '
+                      f'({how}): {fix}')
+
+
+def check_checkpoint_path(opt):
+    """``path.pretrain_network_g``, if set, must be a file: fail before any folder is created."""
+    path = opt['path'].get('pretrain_network_g')
+    if path and not osp.isfile(path):
+        raise ConfigError(f'checkpoint not found: {path} (option path.pretrain_network_g)')
+
+
+def check_writable_folder(folder, what):
+    """``folder`` can be created (or replaced) below its nearest existing ancestor."""
+    parent = osp.dirname(osp.abspath(folder))
+    while not osp.exists(parent):
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):
+        raise ConfigError(f"cannot create the {what} folder {folder}: '{parent}' is a file, not a folder "
+                          '(set BASICSR_ILN_ROOT or run from a writable folder)')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create the {what} folder {folder}: '{parent}' is not writable "
+                          '(set BASICSR_ILN_ROOT or run from a writable folder)')
 
 
 def check_model_and_metrics(opt):

@@ -6,6 +6,7 @@ typo or ``lr: 2e-4`` (a *string* in YAML 1.1) only as a crash deep inside traini
 """
 import argparse
 import difflib
+import math
 import os
 import random
 from os import path as osp
@@ -92,6 +93,8 @@ def _require_number(opt, dotted, positive=False, integer=False):
         hint = ' (YAML 1.1 reads 2e-4 as a string: write 2.0e-4 or !!float 2e-4)' if isinstance(node, str) else ''
         raise ConfigError(f"option '{dotted}' must be a{'n integer' if integer else ' number'}, "
                           f'got {node!r} ({type(node).__name__}){hint}')
+    if not math.isfinite(node):
+        raise ConfigError(f"option '{dotted}' must be a finite number, got {node}")
     if positive and node <= 0:
         raise ConfigError(f"option '{dotted}' must be > 0, got {node}")
 
@@ -119,13 +122,18 @@ def check_options(opt, is_train, opt_path):
         _require_number(opt, 'train.total_iter', positive=True, integer=True)
         _require_number(opt, 'train.optim_g.lr', positive=True)
         _require_number(opt, 'train.ema_decay')
+        _require_number(opt, 'train.nonfinite_patience', positive=True, integer=True)
         _require_number(opt, 'datasets.train.batch_size_per_gpu', positive=True, integer=True)
         _require_number(opt, 'datasets.train.gt_size', positive=True, integer=True)
         _require_number(opt, 'logger.save_checkpoint_freq', positive=True, integer=True)
+        _require_number(opt, 'logger.keep_last_checkpoints', positive=True, integer=True)  # absent: keep all
         _require_number(opt, 'val.val_freq', positive=True, integer=True)
         if 'total_iter' not in opt['train']:
             raise ConfigError(f"missing required option 'train.total_iter' in {opt_path}")
     _require_number(opt, 'scale', positive=True, integer=True)
+    upscale = opt['network_g'].get('upscale')
+    if 'scale' in opt and upscale is not None and upscale != opt['scale']:
+        raise ConfigError(f"option 'scale' is {opt['scale']} but 'network_g.upscale' is {upscale}: they must match")
 
 
 def _set_paths(opt, root_path, is_train):

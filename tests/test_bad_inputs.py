@@ -1,0 +1,302 @@
+"""Bad inputs to the real train/test CLIs: each run exits non-zero with one ``error:`` line that names
+the culprit (option key, file, expected vs actual) and prints no Python traceback.
+
+Every case is a real CLI subprocess. Each spends seconds importing torch before it fails, so the
+runs are started together, (cores + 1) at a time (the ``outcomes`` fixture), and each test waits
+for its own.
+
+Decided behaviours: 16-bit and alpha images are refused (BasicSR's OpenCV reader would silently cut
+them to 8-bit RGB); gray images are accepted by an RGB network (read as 3 equal channels:
+``test_gray_images_train_an_rgb_network``); a 1-channel network needs ``color: y`` on its datasets.
+"""
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from basicsr_iln.models.ir_model import build_network_checked
+from helpers import eval_options_from_train, run_cli, tiny_train_options
+
+CHECKPOINT = 'net.pth'  # a valid checkpoint of the tiny network, in every test-CLI case folder
+
+
+@dataclass
+class Run:
+    """One CLI invocation being prepared: a case's setup edits ``opt`` and may write files or add args."""
+    dir: Path
+    opt: dict
+    args: list = field(default_factory=list)
+    root: Path = None  # BASICSR_ILN_ROOT; default: the case folder
+    yml_text: str = None  # written instead of ``opt`` when set
+    opt_path: Path = None  # default: the dumped options in the case folder
+
+    def dump(self):
+        return yaml.safe_dump(self.opt, sort_keys=False)
+
+    def private_train_data(self):
+        """A copy of the training pairs that the case may damage: (HR folder, LR folder)."""
+        train = self.opt['datasets']['train']
+        hr, lr = self.dir / 'data' / 'HR', self.dir / 'data' / 'LR_x2'
+        shutil.copytree(train['dataroot_gt'], hr)
+        shutil.copytree(train['dataroot_lq'], lr)
+        train.update(dataroot_gt=str(hr), dataroot_lq=str(lr))
+        return hr, lr
+
+
+@dataclass
+class Case:
+    id: str
+    script: str  # 'train' or 'test'
+    setup: object  # callable(Run)
+    expect: tuple  # substrings of the error line
+
+
+def set_in(keys, value):
+    """Setup that sets opt[k1][k2]... = value."""
+    def setup(run):
+        node = run.opt
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+    return setup
+
+
+def rename_top_level(run):
+    run.opt['trian'] = run.opt.pop('train')
+
+
+def lr_written_as_2e_4(run):
+    run.yml_text = run.dump().replace('lr: 0.0002', 'lr: 2e-4')
+    assert 'lr: 2e-4' in run.yml_text
+
+
+def yaml_syntax_error(run):
+    lines = run.dump().splitlines()
+    at = lines.index('  total_iter: 4')
+    lines[at] = '  total_iter: [4'
+    run.yml_text = '\n'.join(lines) + '\n'
+
+
+def missing_folder(run):
+    run.opt['datasets']['train']['dataroot_gt'] = str(run.dir / 'no_such_folder')
+
+
+def empty_folder(run):
+    (run.dir / 'empty').mkdir()
+    run.opt['datasets']['train']['dataroot_lq'] = str(run.dir / 'empty')
+
+
+def one_lq_missing(run):
+    _, lr = run.private_train_data()
+    (lr / 'img07.png').unlink()
+
+
+def lq_renamed(run):
+    _, lr = run.private_train_data()
+    (lr / 'img03.png').rename(lr / 'img03_x2.png')
+
+
+def lq_wrong_size(run):
+    _, lr = run.private_train_data()
+    cv2.imwrite(str(lr / 'img02.png'), np.zeros((30, 30, 3), np.uint8))
+
+
+def corrupt_gt(run):
+    hr, _ = run.private_train_data()
+    data = (hr / 'img01.png').read_bytes()
+    (hr / 'img01.png').write_bytes(data[:len(data) // 2])
+
+
+def sixteen_bit_gt(run):
+    hr, _ = run.private_train_data()
+    img = cv2.imread(str(hr / 'img04.png')).astype(np.uint16) * 257
+    cv2.imwrite(str(hr / 'img04.png'), img)
+
+
+def rgba_gt(run):
+    hr, _ = run.private_train_data()
+    img = cv2.imread(str(hr / 'img05.png'))
+    cv2.imwrite(str(hr / 'img05.png'), np.dstack([img, np.full(img.shape[:2], 255, np.uint8)]))
+
+
+def unwritable_root(run):
+    (run.dir / 'a_file').write_text('not a folder')
+    run.root = run.dir / 'a_file' / 'outputs'
+
+
+def missing_option_file(run):
+    run.opt_path = run.dir / 'no_such_options.yml'
+
+
+def checkpoint_of(run, **network):
+    """Save the tiny network with ``network`` changed as a BasicSR checkpoint; point the test options at it."""
+    net = build_network_checked(dict(run.opt['network_g'], **network))
+    path = run.dir / f'other_{"_".join(f"{k}{v}" for k, v in network.items())}.pth'
+    torch.save({'params': net.state_dict()}, path)
+    run.opt['path'].update(pretrain_network_g=str(path), param_key_g='params')
+
+
+class MakesMarker:
+    """Unpickling this creates the folder ``path``: a checkpoint holding it needs code execution to load."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.makedirs, (self.path, )
+
+
+def pickle_checkpoint(run):
+    path = run.dir / 'evil.pth'
+    torch.save({'params': {'w': torch.zeros(1)}, 'extra': MakesMarker(run.dir / 'MARKER')}, path)
+    run.opt['path']['pretrain_network_g'] = str(path)
+
+
+CASES = [
+    Case('unknown_top_level_key', 'train', rename_top_level,
+         ("unknown top-level option 'trian'", "Did you mean 'train'")),
+    Case('lr_string', 'train', lr_written_as_2e_4, ("'train.optim_g.lr' must be a number", "'2e-4' (str)")),
+    Case('unknown_arch', 'train', set_in(['network_g', 'type'], 'SwinIR_ILN'),
+         ("unknown network_g type 'SwinIR_ILN'", 'SwinIR_iLN', 'HAT_iLN')),
+    Case('unknown_model', 'train', set_in(['model_type'], 'IRmodel'),
+         ("unknown model_type 'IRmodel'", "Did you mean 'IRModel'", 'Valid: ')),
+    Case('unknown_dataset', 'train', set_in(['datasets', 'train', 'type'], 'PairedImageDatset'),
+         ("unknown dataset type 'PairedImageDatset' at datasets.train.type", 'PairedImageDataset')),
+    Case('unknown_metric', 'train', set_in(['val', 'metrics', 'psnr', 'type'], 'calculate_psrn'),
+         ("unknown metric type 'calculate_psrn' at val.metrics.psnr.type", 'calculate_psnr')),
+    Case('unknown_norm', 'train', set_in(['network_g', 'norm_type'], 'iLN'),
+         ('SwinIR_iLN', "norm_type 'iLN'", 'iln, ')),
+    Case('missing_data_folder', 'train', missing_folder, ('no_such_folder', 'datasets.train.dataroot_gt', 'not exist')),
+    Case('empty_data_folder', 'train', empty_folder, ('datasets.train.dataroot_lq', 'contains no images')),
+    Case('count_mismatch', 'train', one_lq_missing, ('datasets.train', '8 GT images', '7 LQ images')),
+    Case('name_mismatch', 'train', lq_renamed, ("GT image 'img03.png' has no LQ partner 'img03.*'", 'filename_tmpl')),
+    Case('lq_size', 'train', lq_wrong_size, ("LQ 'img02.png' is 30x30", "GT 'img02.png' is 64x64", 'must be 32x32')),
+    Case('corrupt_image', 'train', corrupt_gt, ('cannot read image', 'img01.png')),
+    Case('image_16_bit', 'train', sixteen_bit_gt, ('img04.png', 'more than 8 bits per channel', 'convert it to 8-bit')),
+    Case('image_rgba', 'train', rgba_gt, ('img05.png', 'alpha channel', 'mode RGBA')),
+    Case('gt_size_too_big', 'train', set_in(['datasets', 'train', 'gt_size'], 96),
+         ('datasets.train.gt_size is 96', 'is only 64x64')),
+    Case('gray_network_rgb_data', 'train', set_in(['network_g', 'in_chans'], 1),
+         ('network_g.in_chans is 1', 'datasets.train gives 3-channel images', 'color: y')),
+    Case('window_not_dividing_img_size', 'train', set_in(['network_g', 'img_size'], 18),
+         ('network_g (SwinIR_iLN)', '(18, 18) must be a multiple of window_size 4')),
+    Case('scale_not_upscale', 'train', set_in(['scale'], 3), ("'scale' is 3", "'network_g.upscale' is 2")),
+    Case('yaml_syntax', 'train', yaml_syntax_error, ('YAML syntax error', 'train.yml at line ')),
+    Case('zero_total_iter', 'train', set_in(['train', 'total_iter'], 0), ("'train.total_iter' must be > 0, got 0", )),
+    Case('negative_total_iter', 'train', set_in(['train', 'total_iter'], -5), ("'train.total_iter'", 'got -5')),
+    Case('batch_larger_than_dataset', 'train', set_in(['datasets', 'train', 'batch_size_per_gpu'], 16),
+         ('batch_size_per_gpu', '= 16 is larger than the 8 training images')),
+    Case('unwritable_experiments_folder', 'train', unwritable_root,
+         ('cannot create the experiment folder', 'a_file', 'is a file')),
+    Case('force_yml_bad_key', 'train', lambda run: run.args.extend(['--force_yml', 'train:ema_decy=0.99']),
+         ("--force_yml: unknown key 'ema_decy' under train", "Did you mean 'ema_decay'")),
+    Case('missing_option_file', 'train', missing_option_file, ('option file not found', 'no_such_options.yml')),
+    Case('pretrain_missing', 'train', set_in(['path', 'pretrain_network_g'], '/no/such/net_g.pth'),
+         ('checkpoint not found: /no/such/net_g.pth', 'path.pretrain_network_g')),
+    Case('checkpoint_other_arch', 'test', lambda run: checkpoint_of(run, type='HAT_iLN', squeeze_factor=4),
+         ('does not fit the network SwinIR_iLN(', 'unexpected keys: ', 'conv_block')),
+    Case('checkpoint_other_scale', 'test', lambda run: checkpoint_of(run, upscale=4),
+         ('does not fit', 'unexpected keys: upsample.2.bias', 'for another scale', 'upscale=2')),
+    Case('checkpoint_needs_pickle', 'test', pickle_checkpoint,
+         ('refusing to load', 'evil.pth', 'pickled code', 'os.makedirs')),
+]
+
+
+def prepare(case, base_dir, data, checkpoint, extra_args=()):
+    """Write the case's files under ``base_dir/case.id``; returns the arguments of ``run_cli``."""
+    train_opt = tiny_train_options(data, case.id)
+    folder = base_dir / case.id
+    folder.mkdir()
+    if case.script == 'train':
+        run = Run(folder, train_opt)
+    else:
+        shutil.copy(checkpoint, folder / CHECKPOINT)
+        run = Run(folder, eval_options_from_train(train_opt, case.id, folder / CHECKPOINT))
+    case.setup(run)
+    if run.opt_path is None:
+        run.opt_path = folder / f'{case.script}.yml'
+        run.opt_path.write_text(run.yml_text or run.dump())
+    return (case.script, run.opt_path, folder, *run.args, *extra_args), {'root': run.root}
+
+
+@pytest.fixture(scope='module')
+def outcomes(tiny_sr_data, tmp_path_factory):
+    """{case id: Future of (case folder, CompletedProcess)} for every case, plus the ``--traceback`` and
+    gray-data runs; all started at once on a pool of (cores + 1) workers."""
+    base = tmp_path_factory.mktemp('bad_inputs')
+    checkpoint = base / CHECKPOINT
+    net_opt = tiny_train_options(tiny_sr_data, 'net')['network_g']
+    torch.save({'params_ema': build_network_checked(net_opt).state_dict()}, checkpoint)
+    jobs = {case.id: prepare(case, base, tiny_sr_data, checkpoint) for case in CASES}
+    traceback_case = Case('traceback', 'train', set_in(['model_type'], 'IRmodel'), ())
+    jobs['traceback'] = prepare(traceback_case, base, tiny_sr_data, checkpoint, extra_args=['--traceback'])
+    jobs['gray'] = prepare(Case('gray', 'train', gray_training_data, ()), base, tiny_sr_data, checkpoint)
+
+    def start(args, kwargs):
+        return args[2], run_cli(*args, **kwargs)
+
+    pool = ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) + 1)
+    futures = {name: pool.submit(start, *job) for name, job in jobs.items()}
+    yield futures
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
+def test_bad_input_gives_one_clear_error_line(case, outcomes):
+    _, result = outcomes[case.id].result()
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith('error: '), result.stderr[-3000:]
+    assert [line for line in lines if line.startswith('error:')] == lines[-1:]
+    for words in case.expect:
+        assert words in lines[-1]
+
+
+def test_yaml_error_names_the_line(outcomes):
+    folder, result = outcomes['yaml_syntax'].result()
+    broken = (folder / 'train.yml').read_text().splitlines().index('  total_iter: [4') + 1
+    error = result.stderr.strip().splitlines()[-1]
+    reported = int(error.split(' at line ')[1].split(',')[0])
+    assert broken <= reported <= broken + 1  # the parser notices at the bracket's line or the next one
+
+
+def test_pickle_checkpoint_ran_nothing(outcomes):
+    folder, result = outcomes['checkpoint_needs_pickle'].result()
+    assert result.returncode == 2
+    assert not (folder / 'MARKER').exists()
+    torch.load(folder / 'evil.pth', weights_only=False)  # what an unsafe load would have done
+    assert (folder / 'MARKER').is_dir()
+
+
+def test_traceback_flag_shows_the_traceback(outcomes):
+    _, result = outcomes['traceback'].result()
+    assert result.returncode != 0
+    assert 'Traceback (most recent call last)' in result.stderr
+    assert "ConfigError: unknown model_type 'IRmodel'" in result.stderr
+
+
+def gray_training_data(run):
+    """All training images gray (1-channel PNGs), a 2-iteration run without validation."""
+    for folder in run.private_train_data():
+        for path in folder.glob('*.png'):
+            cv2.imwrite(str(path), cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2GRAY))
+    del run.opt['datasets']['val'], run.opt['val']
+    run.opt['train']['total_iter'] = 2
+
+
+def test_gray_images_train_an_rgb_network(outcomes):
+    """BasicSR reads gray files as 3 equal channels, so an RGB network trains on them: accepted."""
+    folder, result = outcomes['gray'].result()
+    assert result.returncode == 0, result.stderr[-3000:]
+    hr = next((folder / 'data' / 'HR').glob('*.png'))
+    assert cv2.imread(str(hr), cv2.IMREAD_UNCHANGED).ndim == 2
+    latest = torch.load(folder / 'experiments' / 'gray' / 'models' / 'net_g_latest.pth', weights_only=True)
+    assert all(torch.isfinite(v).all() for v in latest['params'].values())
