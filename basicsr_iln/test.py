@@ -4,6 +4,10 @@ Evaluates ``path.pretrain_network_g`` on every ``datasets.test_*`` set with the 
 ``val.metrics``; writes restored images (``val.save_img``), a log and ``metrics.jsonl`` under
 ``results/<name>/``. With ``--launcher pytorch|slurm`` the test sets are split across the processes
 and the metrics gathered (IRModel.validation): the same numbers as a single-process run.
+
+``val.precision`` (a name or a list) or ``--precision fp32,fp16`` evaluates in each listed precision
+(fp32, bf16, fp16: a cast copy of the network, not autocast; int8: dynamic quantisation of the Linear
+layers); each metrics record names its ``precision`` and counts the ``nonfinite`` output values.
 """
 import logging
 import sys
@@ -19,6 +23,7 @@ from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs  # noqa: E402
 from basicsr.utils.options import dict2str  # noqa: E402
 
+from basicsr_iln.analysis.precision import parse_precisions  # noqa: E402
 from basicsr_iln.train import build_dataset_checked  # noqa: E402
 from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
@@ -27,9 +32,13 @@ from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa:
 
 
 def test_pipeline(root_path, argv=None):
-    opt, _ = parse_options(root_path, is_train=False, argv=argv)
+    opt, args = parse_options(root_path, is_train=False, argv=argv)
     check_model_and_metrics(opt)
     check_datasets(opt)
+    if args.precision:
+        precisions = parse_precisions(args.precision, '--precision')
+    else:
+        precisions = parse_precisions((opt.get('val') or {}).get('precision', 'fp32'), "option 'val.precision'")
     if not opt['path'].get('pretrain_network_g'):
         raise ConfigError("testing needs 'path.pretrain_network_g' (the checkpoint to evaluate)")
     if not osp.isfile(opt['path']['pretrain_network_g']):
@@ -51,9 +60,14 @@ def test_pipeline(root_path, argv=None):
 
     model = build_model(opt)
     val_opt = opt.setdefault('val', {})
-    for loader in test_loaders:
-        logger.info(f"Testing {loader.dataset.opt['name']}...")
-        model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=val_opt.get('save_img', False))
+    suffix = val_opt.get('suffix') or opt['name']
+    for precision in precisions:
+        model.set_eval_precision(precision)
+        if len(precisions) > 1:  # one image file per precision (build_model copied the options)
+            model.opt.setdefault('val', {})['suffix'] = f'{suffix}_{precision}'
+        for loader in test_loaders:
+            logger.info(f"Testing {loader.dataset.opt['name']} in {precision}...")
+            model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=val_opt.get('save_img', False))
     close_dist()
     return opt
 

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
+from basicsr_iln.analysis.precision import PrecisionNetwork
 from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights
 from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
@@ -83,6 +84,7 @@ def set_rng_states(states):
 @MODEL_REGISTRY.register()
 class IRModel(SRModel):
     """Image restoration model: L1 (or any BasicSR loss) training with EMA, PSNR/SSIM validation."""
+    eval_net = None  # a PrecisionNetwork once set_eval_precision was called (test CLI)
 
     def __init__(self, opt):  # SRModel.__init__, with the checked network build
         BaseModel.__init__(self, opt)
@@ -222,10 +224,22 @@ class IRModel(SRModel):
             get_root_logger().warning(f'Random streams restart from the seed: the state holds RNG states of '
                                       f"{len(rngs)} processes, this run has {self.opt['world_size']}.")
 
+    def inference_network(self):
+        """The network ``test()`` runs: the test CLI's precision wrapper if set, else the EMA network if any,
+        else the bare network (DDP's forward may broadcast buffers, a collective that a rank with one
+        validation image fewer would never join)."""
+        if self.eval_net is not None:
+            return self.eval_net
+        return self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+
+    def set_eval_precision(self, precision):
+        """Let ``test()`` run the network in ``precision`` (analysis/precision.py); metrics records then
+        carry the precision and the number of non-finite output values."""
+        self.eval_net = None  # inference_network() now returns the underlying network
+        self.eval_net = PrecisionNetwork(self.inference_network(), precision)
+
     def test(self):
-        # The bare network: DDP's forward may broadcast buffers, a collective that a rank with one
-        # validation image fewer would never join.
-        net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
+        net = self.inference_network()
         was_training = net.training
         net.eval()
         with torch.no_grad():
@@ -284,11 +298,16 @@ class IRModel(SRModel):
 
     def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
         super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
-        self._append_metrics_record(current_iter, dataset_name)
+        precision = self.eval_net.take_record() if self.eval_net is not None else {}
+        if precision.get('nonfinite'):
+            get_root_logger().warning(f"{dataset_name} in {precision['precision']}: {precision['nonfinite']} "
+                                      'non-finite output values')
+        self._append_metrics_record(current_iter, dataset_name, precision)
 
     @master_only
-    def _append_metrics_record(self, current_iter, dataset_name):
-        record = {'iter': current_iter, 'dataset': dataset_name, **{k: float(v) for k, v in self.metric_results.items()}}
+    def _append_metrics_record(self, current_iter, dataset_name, extra):
+        record = {'iter': current_iter, 'dataset': dataset_name, **extra,
+                  **{k: float(v) for k, v in self.metric_results.items()}}
         folder = self.opt['path'].get('experiments_root') or self.opt['path']['results_root']
         os.makedirs(folder, exist_ok=True)
         with open(osp.join(folder, 'metrics.jsonl'), 'a', encoding='utf-8') as f:

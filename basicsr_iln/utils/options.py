@@ -39,6 +39,9 @@ def build_arg_parser(is_train):
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY:SUB=VALUE',
                         help='override existing option keys, e.g. train:ema_decay=0.999 (values parsed as YAML)')
     parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
+    if not is_train:
+        parser.add_argument('--precision', default=None, metavar='P[,P...]',
+                            help='evaluate in these precisions (fp32, bf16, fp16, int8); overrides val.precision')
     return parser
 
 
