@@ -1,9 +1,12 @@
 """Training CLI: ``python basicsr_iln/train.py -opt OPT.yml`` (or ``basicsr-iln-train``).
 
 BasicSR's training loop and option layout, with our option checks, CPU/gloo-capable distributed
-setup, resume that works without CUDA and skips incomplete checkpoints, and clear errors.
+setup, resume that works without CUDA and skips incomplete checkpoints, and clear errors. A resumed
+run continues where the checkpoint left off, mid-epoch included: with ``num_worker_per_gpu: 0`` it
+trains exactly as the uninterrupted run would have (same batches, same random streams).
 """
 import datetime
+import itertools
 import logging
 import math
 import os
@@ -41,6 +44,30 @@ def build_dataset_checked(dataset_opt, phase):
         raise ConfigError(f'datasets.{phase} ({dataset_opt["type"]}): {type(err).__name__}: {err}') from None
 
 
+class ResumableSampler(EnlargedSampler):
+    """EnlargedSampler that can start an epoch part-way (``skip`` samples): a run resumed mid-epoch
+    trains on the batches the interrupted run would have trained on next (BasicSR restarts the epoch)."""
+    skip = 0
+
+    def set_epoch(self, epoch, skip=0):
+        super().set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self):
+        return self.num_samples - self.skip
+
+
+def resume_position(state, iters_per_epoch):
+    """(epoch, batches of it already trained) right after the checkpoint ``state``."""
+    done = state['iter'] - state['epoch'] * iters_per_epoch
+    if done >= iters_per_epoch:
+        return state['epoch'] + 1, 0
+    return state['epoch'], max(done, 0)
+
+
 def create_dataloaders(opt, logger):
     train_loader = train_sampler = None
     val_loaders = []
@@ -52,10 +79,13 @@ def create_dataloaders(opt, logger):
             if len(train_set) * enlarge < batch:
                 raise ConfigError(f"datasets.train: batch_size_per_gpu x world size = {batch} is larger than the "
                                   f'{len(train_set)} training images (x dataset_enlarge_ratio {enlarge})')
-            train_sampler = EnlargedSampler(train_set, opt['world_size'], opt['rank'], enlarge)
+            train_sampler = ResumableSampler(train_set, opt['world_size'], opt['rank'], enlarge)
             train_loader = build_dataloader(train_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                             sampler=train_sampler, seed=opt['manual_seed'])
-            iters_per_epoch = math.ceil(len(train_set) * enlarge / batch)
+            # Iterating a loader draws a seed from the global torch RNG; with its own generator, the
+            # training stream (dropout, drop-path) does not depend on where an epoch started.
+            train_loader.generator = torch.Generator().manual_seed(opt['manual_seed'])
+            iters_per_epoch = len(train_loader)  # the last incomplete batch is dropped
             total_iters = int(opt['train']['total_iter'])
             total_epochs = math.ceil(total_iters / iters_per_epoch)
             logger.info(f'Training: {len(train_set)} images x{enlarge}, batch {dataset_opt["batch_size_per_gpu"]} per '
@@ -83,6 +113,15 @@ def find_resume_state(opt):
     if path is not None and state is None:
         state = load_checkpoint_file(path)
     return path, state
+
+
+def prepare_resume(opt):
+    """The training state to resume from (or None), with the option paths pointed at its checkpoint."""
+    path, state = find_resume_state(opt)
+    if state is not None:
+        opt['path']['resume_state'] = path
+        check_resume(opt, state['iter'])
+    return state
 
 
 def latest_complete_state(opt):
@@ -114,10 +153,7 @@ def train_pipeline(root_path, argv=None):
     check_writable_folder(opt['path']['experiments_root'], 'experiment')
     torch.backends.cudnn.benchmark = True
 
-    resume_path, resume_state = find_resume_state(opt)
-    if resume_state is not None:
-        opt['path']['resume_state'] = resume_path
-        check_resume(opt, resume_state['iter'])
+    resume_state = prepare_resume(opt)
     check_checkpoint_path(opt)
     if resume_state is None:
         make_exp_dirs(opt)  # an existing experiment folder is renamed to *_archived_<time>, never overwritten
@@ -135,11 +171,13 @@ def train_pipeline(root_path, argv=None):
     train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_dataloaders(opt, logger)
     model = build_model(opt)
     record_dynamics = build_dynamics_recorder(opt, model, val_loaders, tb_logger)  # no-op unless `analysis`
-    start_epoch, current_iter = 0, 0
+    start_epoch, skip, current_iter = 0, 0, 0
     if resume_state is not None:
         model.resume_training(resume_state)
-        start_epoch, current_iter = resume_state['epoch'], resume_state['iter']
-        logger.info(f'Resuming training from epoch {start_epoch}, iter {current_iter}.')
+        start_epoch, skip = resume_position(resume_state, len(train_loader))
+        current_iter = resume_state['iter']
+        logger.info(f'Resuming training from epoch {start_epoch}, iter {current_iter} ({skip} batches into the '
+                    'epoch).')
 
     msg_logger = MessageLogger(opt, current_iter, tb_logger)
     if opt['datasets']['train'].get('prefetch_mode') == 'cuda':
@@ -155,7 +193,8 @@ def train_pipeline(root_path, argv=None):
     for epoch in range(start_epoch, total_epochs + 1):
         if current_iter >= total_iters:
             break
-        train_sampler.set_epoch(epoch)
+        train_sampler.set_epoch(epoch, skip * opt['datasets']['train']['batch_size_per_gpu'])
+        skip = 0
         prefetcher.reset()
         train_data = prefetcher.next()
         while train_data is not None and current_iter < total_iters:

@@ -37,7 +37,7 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from basicsr_iln.analysis.precision import PrecisionNetwork
-from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights
+from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights, prune_checkpoints
 from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 
@@ -187,6 +187,26 @@ class IRModel(SRModel):
     def _arch_desc(self):
         net_opt = self.opt['network_g']
         return net_opt['type'] + '(' + ', '.join(f'{k}={v}' for k, v in net_opt.items() if k != 'type') + ')'
+
+    def save(self, epoch, current_iter):
+        """SRModel.save (networks, then training state), refusing non-finite weights; then only the newest
+        ``logger.keep_last_checkpoints`` complete checkpoints are kept (all if unset, as BasicSR)."""
+        self._check_finite_weights(current_iter)
+        super().save(epoch, current_iter)
+        keep = self.opt['logger'].get('keep_last_checkpoints')
+        if keep and current_iter != -1 and self.opt['rank'] == 0:
+            prune_checkpoints(self.opt['path']['models'], self.opt['path']['training_states'], keep)
+
+    def _check_finite_weights(self, current_iter):
+        """A checkpoint with NaN/inf weights would poison every resume: stop instead (on every rank alike)."""
+        nets = {'net_g': self.net_g, 'net_g_ema': getattr(self, 'net_g_ema', None)}
+        for label, net in nets.items():
+            state = self.get_bare_model(net).state_dict() if net is not None else {}
+            bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:
+                when = 'the end of training' if current_iter == -1 else f'iter {current_iter}'
+                raise NonFiniteTrainingError(f'{label} has non-finite weights ({bad[0]} and {len(bad) - 1} more) at '
+                                             f'{when}: refusing to save them; the last checkpoint on disk is older')
 
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):

@@ -1,6 +1,7 @@
 """Checkpoint I/O: safe loading of every released layout, atomic saving, clear mismatch errors."""
 import os
 import pickle
+import re
 import tempfile
 from os import path as osp
 
@@ -84,3 +85,47 @@ def atomic_torch_save(obj, path):
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+STATE_PATTERN = r'(\d+)\.state'  # training states: <iter>.state
+
+
+def net_pattern(label):
+    """Network checkpoints: <label>_<iter>.pth (never <label>_latest.pth)."""
+    return rf'{re.escape(label)}_(\d+)\.pth'
+
+
+def _numbered_files(folder, pattern):
+    """{iteration: file name} of the files in ``folder`` matching ``pattern`` (its one group: the iteration)."""
+    if not osp.isdir(folder):
+        return {}
+    found = (re.fullmatch(pattern, name) for name in os.listdir(folder))
+    return {int(m.group(1)): m.group(0) for m in found if m}
+
+
+def complete_checkpoint_iters(models_dir, states_dir, label='net_g'):
+    """Iterations (ascending) with both ``<label>_<iter>.pth`` and ``<iter>.state`` on disk."""
+    nets = _numbered_files(models_dir, net_pattern(label))
+    return sorted(set(nets) & set(_numbered_files(states_dir, STATE_PATTERN)))
+
+
+def prune_checkpoints(models_dir, states_dir, keep, label='net_g'):
+    """Delete every ``<label>_<iter>.pth`` / ``<iter>.state`` older than the newest ``keep`` complete pairs.
+
+    Call it only after a new pair is fully written: the newest complete pair always survives, and
+    ``<label>_latest.pth`` never matches. Halves of pairs older than the kept ones go too (a kill
+    between the two writes leaves one). Returns the removed paths.
+    """
+    if keep < 1:
+        raise ValueError(f'keep must be >= 1 (the newest complete checkpoint is never deleted), got {keep}')
+    complete = complete_checkpoint_iters(models_dir, states_dir, label)
+    if len(complete) <= keep:
+        return []
+    oldest_kept = complete[-keep]
+    removed = []
+    for folder, pattern in ((states_dir, STATE_PATTERN), (models_dir, net_pattern(label))):
+        for it, name in sorted(_numbered_files(folder, pattern).items()):
+            if it < oldest_kept:
+                os.remove(osp.join(folder, name))
+                removed.append(osp.join(folder, name))
+    return removed
