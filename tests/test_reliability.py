@@ -20,7 +20,7 @@ from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 from basicsr_iln.utils.options import check_options, parse_options
 from helpers import cli_command, eval_options_from_train, run_cli, tiny_train_options, write_yaml
 
-TOTAL_ITER = 120
+TOTAL_ITER = 60
 ITERS_PER_EPOCH = 4  # 8 training crops, batch 2
 
 
