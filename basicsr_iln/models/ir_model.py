@@ -7,6 +7,9 @@ What it changes, and why:
   error, and are written atomically; training states also hold the RNG states, so a resumed run
   continues the same random streams;
 * training can run under bf16/fp16 autocast (``train.precision``; fp16 with a gradient scaler);
+* option ``compile`` (true, or torch.compile arguments) compiles the trained network; checkpoints,
+  EMA and evaluation use the original module, so saved keys and test-time shapes are unaffected;
+* ``val.self_ensemble: true`` averages the outputs for the 8 flips/rotations at test time;
 * a non-finite loss or gradient is detected, logged with the iteration and the loss name, and the
   step skipped; ``train.nonfinite_patience`` consecutive cases stop training with a clear error,
   so no checkpoint with NaN weights is ever written;
@@ -40,6 +43,7 @@ from basicsr_iln.analysis.precision import PrecisionNetwork
 from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights, prune_checkpoints
 from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
+from basicsr_iln.utils.inference import restore
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -48,6 +52,20 @@ def precision_dtype(name, key):
     if name not in PRECISIONS:
         raise ConfigError(f"option '{key}' must be one of {', '.join(PRECISIONS)}, got {name!r}")
     return PRECISIONS[name]
+
+
+COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')
+
+
+def compile_network(net, compile_opt):
+    """``torch.compile(net, **kwargs)`` for option ``compile: true`` or ``compile: {backend: eager, ...}``."""
+    if compile_opt is False or compile_opt is None:
+        return net
+    kwargs = {} if compile_opt is True else compile_opt
+    if not isinstance(kwargs, dict) or set(kwargs) - set(COMPILE_KEYS):
+        raise ConfigError(f"option 'compile' must be true/false or a mapping with keys among {', '.join(COMPILE_KEYS)}"
+                          f' (torch.compile arguments), got {compile_opt!r}')
+    return torch.compile(net, **kwargs)
 
 
 def build_network_checked(net_opt):
@@ -170,7 +188,7 @@ class IRModel(SRModel):
                                          'checkpoint on disk is from before the divergence.')
 
     def model_to_device(self, net):
-        net = net.to(self.device)
+        net = compile_network(net.to(self.device), self.opt.get('compile', False))
         if self.opt['dist']:
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
             net = DistributedDataParallel(
@@ -178,6 +196,11 @@ class IRModel(SRModel):
         elif self.opt['num_gpu'] > 1:
             net = torch.nn.DataParallel(net)
         return net
+
+    def get_bare_model(self, net):
+        """Also unwraps torch.compile: checkpoints, EMA and evaluation use the original module."""
+        net = super().get_bare_model(net)
+        return getattr(net, '_orig_mod', net)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         net = self.get_bare_model(net)
@@ -262,8 +285,7 @@ class IRModel(SRModel):
         net = self.inference_network()
         was_training = net.training
         net.eval()
-        with torch.no_grad():
-            self.output = net(self.lq)
+        self.output = restore(net, self.lq, ensemble=(self.opt.get('val') or {}).get('self_ensemble', False))
         net.train(was_training)
 
     def validation(self, dataloader, current_iter, tb_logger, save_img=False):
