@@ -69,7 +69,7 @@ class RDG(nn.Module):
             if k < NUM_DENSE_BLOCKS:
                 y = self.lrelu(y)
             features.append(image_to_tokens(y))
-        return features[-1] * DENSE_RESIDUAL_SCALE + x
+        return x + features[-1] * DENSE_RESIDUAL_SCALE  # x first: keep its row-major layout (see ResidualGroup)
 
 
 @ARCH_REGISTRY.register()

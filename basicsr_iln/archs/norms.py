@@ -30,12 +30,12 @@ Statistics of the holistic and per-token variants are computed in float32, also 
 and for fp16/bf16 weights, because feature variances of ~1e6 or more overflow half precision.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # LayerScale (Touvron et al., CaiT) initial residual scale; small so each block starts near identity.
 LAYER_SCALE_INIT = 1e-4
 DEFAULT_ILN_EPS = 1e-4
+_LAYER_NORM_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
 
 
 def _float_var_mean(x, dims):
@@ -68,6 +68,35 @@ class TokenRescaledLayerNorm(_BranchNormMixin, nn.LayerNorm):
         return nn.LayerNorm.forward(self, x), std  # not super(): the mixin's forward calls back here
 
 
+class _HolisticLayerNormFunction(torch.autograd.Function):
+    """``(LN*(x) * gamma + beta, sqrt(var + eps))`` with mean and biased var over all but dim 0.
+
+    One ``native_layer_norm`` (no affine) gives the normalised x and, in its saved statistics, the
+    std for free: a second reduction (``torch.var_mean``) costs several times the whole normalisation
+    on CPU. The affine is applied per channel (one fused multiply-add), never broadcast to (L, C),
+    which would copy a whole feature map per call. Saved for backward: x, mean, rstd and gamma, as
+    LayerNorm keeps; x_hat is recomputed. Backward: LayerNorm's for gamma * grad_y, the affine's
+    reductions, and d sqrt(var + eps) / dx = x_hat / N for the std.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        x_hat, mean, rstd = torch.native_layer_norm(x, x.shape[1:], None, None, eps)
+        ctx.save_for_backward(x, mean, rstd, gamma)
+        return torch.addcmul(beta.to(x.dtype), x_hat, gamma.to(x.dtype)), rstd.reciprocal()
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_std):  # unused outputs get zero gradients (materialize_grads)
+        x, mean, rstd, gamma = ctx.saved_tensors
+        grad_x = _LAYER_NORM_BACKWARD(grad_y * gamma.to(grad_y.dtype), x, x.shape[1:], mean, rstd, None, None,
+                                      [True, False, False])[0]
+        x_hat = torch.addcmul(-mean * rstd, x, rstd)
+        grad_x.addcmul_(x_hat, grad_std / (x.numel() // x.shape[0]))
+        grad_gamma = (grad_y * x_hat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
+        grad_beta = grad_y.flatten(0, -2).sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_gamma, grad_beta, None
+
+
 class HolisticLayerNorm(_BranchNormMixin, nn.Module):
     """LN*: one mean and one biased variance per sample over all tokens and channels, then a
     per-channel affine. With ``rescale`` (i-LN) the branch output is multiplied by sqrt(var + eps)
@@ -84,13 +113,8 @@ class HolisticLayerNorm(_BranchNormMixin, nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim))
 
     def forward_with_scale(self, x):
-        # F.layer_norm over (L, C) is exactly the holistic normalisation, with a fused backward;
-        # the std for the rescaling is a second reduction that keeps its gradient.
-        xf = x.float()
-        y = F.layer_norm(xf, xf.shape[1:], eps=self.eps).to(x.dtype) * self.gamma + self.beta
-        if not self.rescale:
-            return y, None
-        return y, torch.sqrt(_float_var_mean(xf, (1, 2))[0] + self.eps)
+        y, std = _HolisticLayerNormFunction.apply(x.float(), self.gamma, self.beta, self.eps)
+        return y.to(x.dtype), std if self.rescale else None
 
     def extra_repr(self):
         return f'{self.gamma.numel()}, eps={self.eps}, rescale={self.rescale}'
@@ -211,4 +235,4 @@ def residual_add(shortcut, branch_out, scale):
     """``shortcut + scale * branch_out``; ``scale`` from ``forward_with_scale`` (None means 1)."""
     if scale is None:
         return shortcut + branch_out
-    return shortcut + branch_out * scale.to(branch_out.dtype)
+    return torch.addcmul(shortcut, branch_out, scale.to(branch_out.dtype))

@@ -51,7 +51,12 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
 
     q: (B*nW, heads, Nq, d); k, v: (B*nW, heads, Nk, d); bias: (heads, Nq, Nk);
     mask: (nW, Nq, Nk) or None, shared by the B images of the batch.
+
+    Training on CPU uses the explicit formula instead: torch's fused CPU kernel has no gradient for
+    the mask (the learned bias), so SDPA would fall back to its math path, about twice as slow.
     """
+    if q.device.type == 'cpu' and bias.requires_grad and torch.is_grad_enabled():
+        return _explicit_biased_attention(q, k, v, bias, mask, dropout_p, scale)
     if mask is None:
         attn_mask = bias.unsqueeze(0)
     else:
@@ -61,6 +66,14 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
             q.shape[0], *per_window.shape[1:])
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p, scale=scale)
+
+
+def _explicit_biased_attention(q, k, v, bias, mask, dropout_p, scale):
+    """``biased_attention`` as the released SwinIR computes it: bias and mask broadcast, never expanded."""
+    attn = (q * (q.shape[-1]**-0.5 if scale is None else scale)) @ k.transpose(-2, -1) + bias.unsqueeze(0)
+    if mask is not None:
+        attn = (attn.view(-1, mask.shape[0], *attn.shape[1:]) + mask.unsqueeze(1).to(attn.dtype)).view(attn.shape)
+    return F.dropout(attn.softmax(dim=-1), dropout_p) @ v
 
 
 class WindowAttention(nn.Module):
@@ -228,7 +241,9 @@ class ResidualGroup(nn.Module):
 
     def forward(self, x, x_size, **stage_inputs):
         y = self.residual_group(x, x_size, **stage_inputs)
-        return image_to_tokens(self.conv(tokens_to_image(y, x_size))) + x
+        # x first: the sum takes the memory layout of its first operand, and image_to_tokens is a
+        # transposed view that would make every later token op run on strided memory.
+        return x + image_to_tokens(self.conv(tokens_to_image(y, x_size)))
 
 
 class RestorationTransformer(nn.Module):
@@ -323,7 +338,9 @@ class RestorationTransformer(nn.Module):
 
     def forward_features(self, x):
         x_size = (x.shape[2], x.shape[3])
-        x = self.patch_embed(x)
+        # Row-major tokens: PatchEmbed returns a transposed view, which LayerNorm happens to copy but
+        # affine-only (i-LN) or absent stem norms pass on to every later op.
+        x = self.patch_embed(x).contiguous()
         if self.ape:
             x = x + self.absolute_pos_embed
         x = self.pos_drop(x)

@@ -1,0 +1,90 @@
+"""The speed-motivated code paths compute the same function as the plain formulas they replace:
+i-LN's one-kernel normalisation + std, the explicit CPU training attention, row-major token layout."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from basicsr_iln.archs.norms import HolisticLayerNorm, _HolisticLayerNormFunction
+from basicsr_iln.archs.swinir_arch import SwinIR_iLN
+from basicsr_iln.archs.transformer_core import _explicit_biased_attention, biased_attention
+
+
+def reference_holistic(norm, x):
+    """The textbook i-LN: LayerNorm over (L, C), per-channel affine, std from a separate var_mean."""
+    var, _ = torch.var_mean(x, dim=(1, 2), unbiased=False, keepdim=True)
+    return F.layer_norm(x, x.shape[1:], eps=norm.eps) * norm.gamma + norm.beta, torch.sqrt(var + norm.eps)
+
+
+@pytest.mark.parametrize('rescale', [True, False])
+def test_holistic_norm_matches_the_reference_formula_with_gradients(rescale):
+    torch.manual_seed(0)
+    norm = HolisticLayerNorm(16, rescale=rescale)
+    with torch.no_grad():
+        norm.gamma.add_(0.3 * torch.randn(16))
+        norm.beta.add_(0.3 * torch.randn(16))
+    x = torch.randn(3, 40, 16) * torch.rand(1, 1, 16) * 5 + 2
+    grad_y, grad_std = torch.randn(3, 40, 16), torch.randn(3, 1, 1)
+    results = []
+    for forward in (norm.forward_with_scale, lambda v: reference_holistic(norm, v)):
+        leaf = x.clone().requires_grad_()
+        norm.zero_grad()
+        y, std = forward(leaf)
+        # ln_star (no rescale) returns no std, so the std's gradient must not reach x.
+        outputs, grads = ([y, std], [grad_y, grad_std]) if rescale else ([y], [grad_y])
+        torch.autograd.backward(outputs, grads)
+        results.append((y, std if rescale else None, leaf.grad, norm.gamma.grad, norm.beta.grad))
+    for ours, ref in zip(*results):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_holistic_function_gradcheck():
+    torch.manual_seed(0)
+    x = (torch.randn(2, 6, 5, dtype=torch.float64) * 3 + 1).requires_grad_()
+    gamma, beta = (torch.randn(5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(lambda *a: _HolisticLayerNormFunction.apply(*a, 1e-4), (x, gamma, beta))
+
+
+def fused_attention(q, k, v, bias, mask):
+    """torch's SDPA with the per-window mask expanded, as biased_attention builds it for inference."""
+    attn_mask = bias[None] if mask is None else (bias[None] + mask[:, None]).repeat(q.shape[0] // mask.shape[0], 1, 1, 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+@pytest.mark.parametrize('with_mask', [True, False])
+def test_explicit_training_attention_matches_fused_attention(with_mask):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, 2, 16, 8) for _ in range(3))  # 2 images x 3 windows
+    bias = torch.randn(2, 16, 16)
+    mask = torch.zeros(3, 16, 16).masked_fill(torch.rand(3, 16, 16) > 0.7, -100.0) if with_mask else None
+    results = []
+    for attention in (lambda *a: _explicit_biased_attention(*a, 0.0, None), fused_attention):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+        out = attention(*leaves, mask)
+        out.backward(torch.randn_like(out, generator=torch.Generator().manual_seed(1)))
+        results.append([out] + [t.grad for t in leaves])
+    for ours, ref in zip(*results):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_training_on_cpu_takes_the_explicit_attention_and_inference_the_fused_one(monkeypatch):
+    calls = []
+    monkeypatch.setattr('basicsr_iln.archs.transformer_core._explicit_biased_attention',
+                        lambda *a: calls.append('explicit') or _explicit_biased_attention(*a))
+    q = k = v = torch.randn(2, 2, 16, 8)
+    bias = torch.randn(2, 16, 16, requires_grad=True)
+    biased_attention(q, k, v, bias)
+    with torch.no_grad():
+        biased_attention(q, k, v, bias)
+    assert calls == ['explicit']
+
+
+@pytest.mark.parametrize('norm_type', ['iln', 'ln', 'none'])
+def test_token_stream_stays_row_major(norm_type):
+    """Affine-only or absent stem norms must not hand the transposed PatchEmbed view to the body."""
+    net = SwinIR_iLN(img_size=16, window_size=4, depths=[2, 2], embed_dim=12, num_heads=[2, 2], mlp_ratio=2, upscale=2,
+                     upsampler='pixelshuffle', norm_type=norm_type)
+    seen = []
+    for layer in net.layers:
+        layer.register_forward_hook(lambda module, args, out: seen.append(out.is_contiguous()))
+    net(torch.rand(1, 3, 16, 16))
+    assert seen == [True, True]
