@@ -11,7 +11,8 @@ Reads ``<run>/analysis.jsonl`` of every folder and writes into ``--out``:
   dashed = median; 1 = uniform over channels) and the median over norm layers of
   corr(|bias|, channel magnitude of the norm input) (the paper's Fig. 8 alignment);
 * ``depth_<run>.png`` (``--per-depth``): magnitude and entropy of every block, coloured by depth;
-* ``summary.md``: per run, final and peak magnitude, final max |x|, final and lowest entropy.
+* ``summary.md``: per run and layer kind, first/final/peak magnitude, final max |x|, first/final/lowest
+  entropy, final bias correlation.
 
 Statistics are over Transformer blocks, or over residual groups for runs recorded with ``layers: groups``.
 """
@@ -117,19 +118,26 @@ def plot_depth(run, label, out):
 
 
 def summary_table(runs, labels):
-    """Markdown table: final and peak magnitude, final max |x|, final and lowest normalised entropy."""
-    rows = ['| run | norm · arch | last iter | final magnitude max / median | peak magnitude max (iter) | '
-            'final max abs | final entropy/logC min / median | lowest entropy/logC (iter) | final bias corr |',
-            '|---|---|---|---|---|---|---|---|---|']
+    """Markdown table, one row per run and layer kind (blocks, residual groups): magnitude and entropy at the
+    first and the last probe, their peak / lowest value, final max |x| and bias correlation."""
+    rows = ['| run | norm · arch | layers | last iter | magnitude max: first → final (peak @ iter) | '
+            'magnitude median, final | max abs, final | entropy/logC min: first → final (lowest @ iter) | '
+            'entropy/logC median, final | bias corr, final |',
+            '|---|---|---|---|---|---|---|---|---|---|']
     for run, label in zip(runs, labels):
-        k, final, last = run['kind'], run['summaries'][-1], run['records'][-1]['iter']
-        peak_iter, peak = max(zip(*series(run, f'{k}_magnitude_max')), key=lambda p: p[1])
-        low_iter, low = min(zip(*series(run, f'{k}_entropy_norm_min')), key=lambda p: p[1])
+        first, final, last = run['summaries'][0], run['summaries'][-1], run['records'][-1]['iter']
         corr = final[CORR_KEY]
-        rows.append(f"| {run['name']} | {label} | {last} | {final[f'{k}_magnitude_max']:.4g} / "
-                    f"{final[f'{k}_magnitude_median']:.4g} | {peak:.4g} ({peak_iter}) | {final[f'{k}_max_abs_max']:.4g} | "
-                    f"{final[f'{k}_entropy_norm_min']:.4f} / {final[f'{k}_entropy_norm_median']:.4f} | "
-                    f"{low:.4f} ({low_iter}) | {'n/a' if corr is None else f'{corr:.3f}'} |")
+        for k in ('block', 'group'):
+            if f'{k}_magnitude_max' not in final:
+                continue
+            peak_iter, peak = max(zip(*series(run, f'{k}_magnitude_max')), key=lambda p: p[1])
+            low_iter, low = min(zip(*series(run, f'{k}_entropy_norm_min')), key=lambda p: p[1])
+            rows.append(f"| {run['name']} | {label} | {k}s | {last} | {first[f'{k}_magnitude_max']:.4g} → "
+                        f"{final[f'{k}_magnitude_max']:.4g} ({peak:.4g} @ {peak_iter}) | "
+                        f"{final[f'{k}_magnitude_median']:.4g} | {final[f'{k}_max_abs_max']:.4g} | "
+                        f"{first[f'{k}_entropy_norm_min']:.4f} → {final[f'{k}_entropy_norm_min']:.4f} "
+                        f"({low:.4f} @ {low_iter}) | {final[f'{k}_entropy_norm_median']:.4f} | "
+                        f"{'n/a' if corr is None else f'{corr:.3f}'} |")
     return '\n'.join(rows) + '\n'
 
 

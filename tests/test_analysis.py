@@ -205,7 +205,9 @@ def test_training_cli_records_dynamics_and_plot_script_writes_figures(analysed_r
         assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 10000, name
     summary = (out / 'summary.md').read_text()
     final = plot_dynamics.summarize(records[-1]['layers'], records[-1]['norms'])
-    assert '| dyn_ln | ln · SwinIR_iLN | 4 |' in summary and f"{final['block_magnitude_max']:.4g}" in summary
+    for kind in ('block', 'group'):
+        assert f"| dyn_ln | ln · SwinIR_iLN | {kind}s | 4 | " in summary
+        assert f"→ {final[kind + '_magnitude_max']:.4g} (" in summary
 
 
 def test_test_cli_evaluates_each_precision(analysed_run):
