@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .norms import build_branch_norm, residual_add
-from .transformer_core import (BlockSequence, ResidualGroup, RestorationTransformer, TransformerBlock, biased_attention,
-                               relative_position_index, shifted_window_mask, stochastic_depth)
+from .transformer_core import (BlockSequence, ResidualGroup, RestorationTransformer, biased_attention,
+                               relative_position_index, shifted_window_blocks, shifted_window_mask, stage_plan)
 
 
 def _grid_coords(size):
@@ -185,9 +185,6 @@ class HAT(RestorationTransformer):
                          window_size=window_size, drop_rate=drop_rate, ape=ape, patch_norm=patch_norm,
                          upscale=upscale, img_range=img_range, upsampler=upsampler, resi_connection=resi_connection,
                          norm_type=norm_type, eps=eps, stdnorm=stdnorm)
-        if len(depths) != len(num_heads):
-            raise ValueError(f'depths and num_heads need one entry per stage, got {list(depths)} and '
-                             f'{list(num_heads)}.')
         if min(self.patches_resolution) < window_size:
             # The blocks would shrink their windows to the image while the shared index stays ws x ws.
             raise ValueError(f'HAT needs img_size // patch_size >= window_size, got {self.patches_resolution} '
@@ -204,15 +201,12 @@ class HAT(RestorationTransformer):
                                                                  overlap_window_size(window_size, overlap_ratio)))
 
         self.layers = nn.ModuleList()
-        for depth, heads, drop_paths in zip(depths, num_heads, stochastic_depth(drop_path_rate, depths)):
-            blocks = [
-                TransformerBlock(
-                    embed_dim, self.patches_resolution, heads, window_size=window_size,
-                    shift_size=0 if i % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                    qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=drop_paths[i],
-                    norm_type=norm_type, norm_eps=eps, conv_block=CAB(embed_dim, compress_ratio, squeeze_factor),
-                    conv_scale=conv_scale, register_buffers=False) for i in range(depth)
-            ]
+        for depth, heads, drop_paths in stage_plan(depths, num_heads, drop_path_rate):
+            blocks = shifted_window_blocks(
+                depth, drop_paths, embed_dim, self.patches_resolution, heads, window_size,
+                conv_block_factory=lambda: CAB(embed_dim, compress_ratio, squeeze_factor), mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, norm_type=norm_type,
+                norm_eps=eps, conv_scale=conv_scale, register_buffers=False)
             overlap_attn = OCAB(embed_dim, self.patches_resolution, window_size, overlap_ratio, heads,
                                 qkv_bias=qkv_bias, qk_scale=qk_scale, mlp_ratio=mlp_ratio, norm_type=norm_type,
                                 norm_eps=eps)

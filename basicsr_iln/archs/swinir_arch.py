@@ -6,7 +6,7 @@ same output as ``basicsr.archs.swinir_arch.SwinIR`` for the same weights.
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-from .transformer_core import BlockSequence, ResidualGroup, RestorationTransformer, TransformerBlock, stochastic_depth
+from .transformer_core import BlockSequence, ResidualGroup, RestorationTransformer, shifted_window_blocks, stage_plan
 
 
 @ARCH_REGISTRY.register()
@@ -27,17 +27,12 @@ class SwinIR_iLN(RestorationTransformer):
                          window_size=window_size, drop_rate=drop_rate, ape=ape, patch_norm=patch_norm,
                          upscale=upscale, img_range=img_range, upsampler=upsampler, resi_connection=resi_connection,
                          norm_type=norm_type, eps=eps, stdnorm=stdnorm)
-        if len(depths) != len(num_heads):
-            raise ValueError(f'depths and num_heads need one entry per stage, got {list(depths)} and {list(num_heads)}.')
         self.layers = nn.ModuleList()
-        for depth, heads, drop_paths in zip(depths, num_heads, stochastic_depth(drop_path_rate, depths)):
-            blocks = [
-                TransformerBlock(
-                    embed_dim, self.patches_resolution, heads, window_size=window_size,
-                    shift_size=0 if i % 2 == 0 else window_size // 2, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                    qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=drop_paths[i],
-                    norm_type=norm_type, norm_eps=eps) for i in range(depth)
-            ]
+        for depth, heads, drop_paths in stage_plan(depths, num_heads, drop_path_rate):
+            blocks = shifted_window_blocks(
+                depth, drop_paths, embed_dim, self.patches_resolution, heads, window_size, mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, norm_type=norm_type,
+                norm_eps=eps)
             self.layers.append(ResidualGroup(BlockSequence(blocks, use_checkpoint), embed_dim, resi_connection))
         self.apply(self._init_weights)
 

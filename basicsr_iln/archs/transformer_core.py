@@ -380,6 +380,25 @@ class RestorationTransformer(nn.Module):
         return x[..., :h * self.upscale, :w * self.upscale]
 
 
+def shifted_window_blocks(depth, drop_paths, dim, input_resolution, num_heads, window_size, conv_block_factory=None,
+                          **block_kwargs):
+    """``depth`` TransformerBlocks alternating regular and half-window-shifted windows (Swin's
+    W-MSA / SW-MSA pairs); ``conv_block_factory()`` gives each block its own conv branch (HAT)."""
+    return [
+        TransformerBlock(dim, input_resolution, num_heads, window_size=window_size,
+                         shift_size=0 if i % 2 == 0 else window_size // 2, drop_path=drop_paths[i],
+                         conv_block=conv_block_factory() if conv_block_factory else None, **block_kwargs)
+        for i in range(depth)
+    ]
+
+
+def stage_plan(depths, num_heads, drop_path_rate):
+    """(depth, heads, per-block drop-path rates) of each stage, once depths and heads are checked to pair up."""
+    if len(depths) != len(num_heads):
+        raise ValueError(f'depths and num_heads need one entry per stage, got {list(depths)} and {list(num_heads)}.')
+    return zip(depths, num_heads, stochastic_depth(drop_path_rate, depths))
+
+
 def stochastic_depth(drop_path_rate, depths):
     """Per-block drop-path rates rising linearly over all blocks, split per stage."""
     rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()  # also under a meta device
