@@ -83,8 +83,9 @@ def create_dataloaders(opt, logger):
             train_loader = build_dataloader(train_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                             sampler=train_sampler, seed=opt['manual_seed'])
             # Iterating a loader draws a seed from the global torch RNG; with its own generator, the
-            # training stream (dropout, drop-path) does not depend on where an epoch started.
-            train_loader.generator = torch.Generator().manual_seed(opt['manual_seed'])
+            # training stream (dropout, drop-path) does not depend on where an epoch started. Offset by
+            # rank, like the augmentation seeds, so worker torch seeds differ between ranks.
+            train_loader.generator = torch.Generator().manual_seed(opt['manual_seed'] + opt['rank'])
             iters_per_epoch = len(train_loader)  # the last incomplete batch is dropped
             total_iters = int(opt['train']['total_iter'])
             total_epochs = math.ceil(total_iters / iters_per_epoch)
