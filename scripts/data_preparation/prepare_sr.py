@@ -23,7 +23,8 @@ from multiprocessing import Pool
 import cv2
 import numpy as np
 
-from basicsr_iln.data.degraded_dataset import IMG_EXTENSIONS  # also installs the torchvision alias
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # works from a bare clone too
+from basicsr_iln.data.degraded_dataset import IMG_EXTENSIONS  # noqa: E402  (installs the torchvision alias)
 from basicsr.data.transforms import mod_crop
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 from basicsr.utils.matlab_functions import imresize
