@@ -11,7 +11,8 @@
    same), a constant learning rate;
 3. evaluates each final network on Set5 and Set14 with the real test CLI in every ``--precisions``
    (PSNR/SSIM on the Y channel, border = scale; non-finite output values counted);
-4. writes into ``--out``: the figures and ``summary.md`` (scripts/plot_dynamics.py), ``validation.md``
+4. writes into ``--out``: the raw probe records (``data/<run>/analysis.jsonl``), the figures and
+   ``summary.md`` (scripts/plot_dynamics.py, from those records), ``validation.md``
    (with MATLAB-bicubic upsampling as the floor) and ``run.md`` (command, configuration, wall times,
    hardware). Numbers come from the runs only.
 """
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -146,6 +148,15 @@ def run_all(commands, jobs, log_dir):
     return walls
 
 
+def keep_records(experiment, out):
+    """Copy a run's analysis.jsonl to ``out/data/<run>/``: the figures can be re-rendered from the report
+    folder alone, after the experiment folder (checkpoints, logs) is gone."""
+    folder = out / 'data' / experiment.name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(experiment / 'analysis.jsonl', folder / 'analysis.jsonl')
+    return folder
+
+
 def bicubic_floor(roots, scale):
     """{set: (PSNR, SSIM)} of MATLAB-bicubic upsampling of the LR images, same metric protocol."""
     scores = {}
@@ -232,8 +243,8 @@ def main(argv=None):
     walls.update(run_all([(f"test_{o['name']}", *cli('test', test_options(args, roots, o), args, '--precision',
                                                      args.precisions)) for o in train_opts], args.jobs, logs))
     out = Path(args.out)
-    plot_dynamics.main([str(Path(args.workdir) / 'experiments' / o['name']) for o in train_opts] +
-                       ['--out', str(out), '--per-depth'])
+    records = [keep_records(Path(args.workdir) / 'experiments' / o['name'], out) for o in train_opts]
+    plot_dynamics.main([str(folder) for folder in records] + ['--out', str(out), '--per-depth'])
     (out / 'validation.md').write_text(validation_table(args, roots, [o['name'] for o in train_opts]))
     (out / 'run.md').write_text(run_report(args, walls, time.time() - start))
     print(f'wrote {out}/dynamics.png, summary.md, validation.md, run.md')
