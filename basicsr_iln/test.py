@@ -25,7 +25,7 @@ from basicsr.utils.options import dict2str  # noqa: E402
 
 from basicsr_iln.analysis.precision import parse_precisions  # noqa: E402
 from basicsr_iln.train import build_dataset_checked  # noqa: E402
-from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
+from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics, check_writable_folder  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
@@ -43,6 +43,7 @@ def test_pipeline(root_path, argv=None):
         raise ConfigError("testing needs 'path.pretrain_network_g' (the checkpoint to evaluate)")
     if not osp.isfile(opt['path']['pretrain_network_g']):
         raise ConfigError(f"checkpoint not found: {opt['path']['pretrain_network_g']} (option path.pretrain_network_g)")
+    check_writable_folder(opt['path']['results_root'], 'results')
     torch.backends.cudnn.benchmark = True
 
     make_exp_dirs(opt)  # an existing results folder is renamed to *_archived_<time>, never overwritten

@@ -29,7 +29,7 @@ from basicsr.utils import (AvgTimer, MessageLogger, check_resume, get_env_info, 
 from basicsr.utils.options import copy_opt_file, dict2str  # noqa: E402
 
 from basicsr_iln.analysis import build_dynamics_recorder  # noqa: E402
-from basicsr_iln.utils.checkpoint import load_checkpoint_file  # noqa: E402
+from basicsr_iln.utils.checkpoint import load_checkpoint_file, remove_stale_temporaries  # noqa: E402
 from basicsr_iln.utils.checks import (check_checkpoint_path, check_datasets, check_model_and_metrics,  # noqa: E402
                                       check_writable_folder)
 from basicsr_iln.utils.dist import broadcast_from_rank0, close_dist  # noqa: E402
@@ -179,6 +179,9 @@ def train_pipeline(root_path, argv=None):
         current_iter = resume_state['iter']
         logger.info(f'Resuming training from epoch {start_epoch}, iter {current_iter} ({skip} batches into the '
                     'epoch).')
+        if opt['rank'] == 0:
+            for path in remove_stale_temporaries(opt['path']['models'], opt['path']['training_states']):
+                logger.info(f'Removed {path}: an unfinished checkpoint write of the interrupted run.')
 
     msg_logger = MessageLogger(opt, current_iter, tb_logger)
     if opt['datasets']['train'].get('prefetch_mode') == 'cuda':

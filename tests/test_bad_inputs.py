@@ -195,6 +195,8 @@ CASES = [
          ('batch_size_per_gpu', '= 16 is larger than the 8 training images')),
     Case('unwritable_experiments_folder', 'train', unwritable_root,
          ('cannot create the experiment folder', 'a_file', 'is a file')),
+    Case('unwritable_results_folder', 'test', unwritable_root,
+         ('cannot create the results folder', 'a_file', 'is a file')),
     Case('force_yml_bad_key', 'train', lambda run: run.args.extend(['--force_yml', 'train:ema_decy=0.99']),
          ("--force_yml: unknown key 'ema_decy' under train", "Did you mean 'ema_decay'")),
     Case('missing_option_file', 'train', missing_option_file, ('option file not found', 'no_such_options.yml')),

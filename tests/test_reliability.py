@@ -99,8 +99,11 @@ def test_kill_9_then_auto_resume_continues_exactly(tiny_sr_data, tmp_path, start
     assert model.optimizers[0].state_dict()['state']  # Adam moments, not a fresh optimizer
     assert f'{model.get_current_learning_rate()[0]:.3e}' == f'{logged_lr:.3e}'
 
+    stale = exp / 'models' / '.tmp_killed_mid_write.pth'  # what a kill during atomic_torch_save leaves
+    stale.write_bytes(b'truncated')
     result = run_cli('train', crash_yml, tmp_path, '--auto_resume')
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not stale.exists() and f'Removed {stale}' in result.stderr
     epoch, done = divmod(n, ITERS_PER_EPOCH)
     assert f'Resuming training from epoch {epoch}, iter {n} ({done} batches into the epoch)' in result.stderr
     assert re.search(rf'iter:\s+{TOTAL_ITER}, lr', result.stderr)

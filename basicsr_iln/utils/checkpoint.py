@@ -87,6 +87,21 @@ def atomic_torch_save(obj, path):
         raise
 
 
+def remove_stale_temporaries(*folders):
+    """Delete the ``.tmp_*.pth`` files a killed :func:`atomic_torch_save` left behind; returns their paths.
+
+    Only for a folder no live process is writing to (rank 0 before resuming).
+    """
+    removed = []
+    for folder in folders:
+        if osp.isdir(folder):
+            for name in sorted(os.listdir(folder)):
+                if name.startswith('.tmp_') and name.endswith('.pth'):
+                    os.remove(osp.join(folder, name))
+                    removed.append(osp.join(folder, name))
+    return removed
+
+
 STATE_PATTERN = r'(\d+)\.state'  # training states: <iter>.state
 
 
