@@ -44,6 +44,28 @@ def test_holistic_function_gradcheck():
     assert torch.autograd.gradcheck(lambda *a: _HolisticLayerNormFunction.apply(*a, 1e-4), (x, gamma, beta))
 
 
+def test_holistic_norm_inference_path_and_frozen_affine_match_the_reference():
+    """Without autograd the norm skips the autograd.Function; with a frozen affine and a
+    non-contiguous incoming gradient (as after a transpose) x's gradient is still exact."""
+    torch.manual_seed(0)
+    norm = HolisticLayerNorm(16)
+    with torch.no_grad():
+        norm.gamma.add_(0.3 * torch.randn(16))
+    x = torch.randn(3, 40, 16) * 4 + 1
+    with torch.no_grad():
+        for ours, ref in zip(norm.forward_with_scale(x), reference_holistic(norm, x)):
+            torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    norm.requires_grad_(False)
+    grad_y = torch.randn(3, 16, 40).transpose(1, 2)
+    grads = []
+    for forward in (norm.forward_with_scale, lambda v: reference_holistic(norm, v)):
+        leaf = x.clone().requires_grad_()
+        y, std = forward(leaf)
+        torch.autograd.backward([y, std], [grad_y, torch.randn(3, 1, 1, generator=torch.Generator().manual_seed(1))])
+        grads.append(leaf.grad)
+    torch.testing.assert_close(*grads, rtol=1e-5, atol=1e-5)
+
+
 def fused_attention(q, k, v, bias, mask):
     """torch's SDPA with the per-window mask expanded, as biased_attention builds it for inference."""
     attn_mask = bias[None] if mask is None else (bias[None] + mask[:, None]).repeat(q.shape[0] // mask.shape[0], 1, 1, 1)

@@ -68,32 +68,49 @@ class TokenRescaledLayerNorm(_BranchNormMixin, nn.LayerNorm):
         return nn.LayerNorm.forward(self, x), std  # not super(): the mixin's forward calls back here
 
 
+def _holistic_layer_norm(x, gamma, beta, eps):
+    """``(y, std, x_hat, rstd)`` of LN* with a per-channel affine; no autograd (see the function below)."""
+    x_hat, _, rstd = torch.native_layer_norm(x, x.shape[1:], None, None, eps)
+    return torch.addcmul(beta.to(x.dtype), x_hat, gamma.to(x.dtype)), rstd.reciprocal(), x_hat, rstd
+
+
 class _HolisticLayerNormFunction(torch.autograd.Function):
     """``(LN*(x) * gamma + beta, sqrt(var + eps))`` with mean and biased var over all but dim 0.
 
-    One ``native_layer_norm`` (no affine) gives the normalised x and, in its saved statistics, the
-    std for free: a second reduction (``torch.var_mean``) costs several times the whole normalisation
-    on CPU. The affine is applied per channel (one fused multiply-add), never broadcast to (L, C),
-    which would copy a whole feature map per call. Saved for backward: x, mean, rstd and gamma, as
-    LayerNorm keeps; x_hat is recomputed. Backward: LayerNorm's for gamma * grad_y, the affine's
-    reductions, and d sqrt(var + eps) / dx = x_hat / N for the std.
+    Why a custom function: LN* plus the std must cost as few passes over the feature map as possible
+    (each is memory-bound; see docs/benchmarks.md). One ``native_layer_norm`` (no affine) gives x_hat
+    and, in its saved statistics, the std for free (``torch.var_mean`` costs several times the whole
+    normalisation on CPU). The affine is one per-channel multiply-add, never broadcast to (L, C).
+
+    Backward reuses LayerNorm's kernel twice, on the saved x_hat instead of x:
+    * over (L, C) with mean 0 and rstd 1, fed ``grad_y * gamma * rstd``: the kernel is linear in its
+      incoming gradient, so this equals LayerNorm's backward on x, without recomputing x_hat;
+    * over rows of C channels with mean 0 and rstd 1, asking only for the affine gradients: one fused
+      pass for sum(grad_y * x_hat) and sum(grad_y) per channel (a multiply and two sums otherwise).
+    Then d sqrt(var + eps) / dx = x_hat / N adds the std's gradient.
     """
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps):
-        x_hat, mean, rstd = torch.native_layer_norm(x, x.shape[1:], None, None, eps)
-        ctx.save_for_backward(x, mean, rstd, gamma)
-        return torch.addcmul(beta.to(x.dtype), x_hat, gamma.to(x.dtype)), rstd.reciprocal()
+        y, std, x_hat, rstd = _holistic_layer_norm(x, gamma, beta, eps)
+        ctx.save_for_backward(x_hat, rstd, gamma)
+        return y, std
 
     @staticmethod
     def backward(ctx, grad_y, grad_std):  # unused outputs get zero gradients (materialize_grads)
-        x, mean, rstd, gamma = ctx.saved_tensors
-        grad_x = _LAYER_NORM_BACKWARD(grad_y * gamma.to(grad_y.dtype), x, x.shape[1:], mean, rstd, None, None,
-                                      [True, False, False])[0]
-        x_hat = torch.addcmul(-mean * rstd, x, rstd)
-        grad_x.addcmul_(x_hat, grad_std / (x.numel() // x.shape[0]))
-        grad_gamma = (grad_y * x_hat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
-        grad_beta = grad_y.flatten(0, -2).sum(0) if ctx.needs_input_grad[2] else None
+        x_hat, rstd, gamma = ctx.saved_tensors
+        gamma = gamma.to(grad_y.dtype)
+        grad_x = _LAYER_NORM_BACKWARD(grad_y * (gamma * rstd), x_hat, x_hat.shape[1:], torch.zeros_like(rstd),
+                                      torch.ones_like(rstd), None, None, [True, False, False])[0]
+        grad_x.addcmul_(x_hat, grad_std / (x_hat.numel() // x_hat.shape[0]))
+        grad_gamma = grad_beta = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            channels = x_hat.shape[-1]
+            rows = x_hat.numel() // channels
+            row_stats = x_hat.new_zeros(rows, 1), x_hat.new_ones(rows, 1)
+            _, grad_gamma, grad_beta = _LAYER_NORM_BACKWARD(grad_y.reshape(rows, channels), x_hat.view(rows, channels),
+                                                            (channels, ), *row_stats, gamma, gamma,
+                                                            [False, True, True])
         return grad_x, grad_gamma, grad_beta, None
 
 
@@ -113,7 +130,11 @@ class HolisticLayerNorm(_BranchNormMixin, nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim))
 
     def forward_with_scale(self, x):
-        y, std = _HolisticLayerNormFunction.apply(x.float(), self.gamma, self.beta, self.eps)
+        args = x.float(), self.gamma, self.beta, self.eps
+        if torch.is_grad_enabled():
+            y, std = _HolisticLayerNormFunction.apply(*args)
+        else:  # inference: the autograd.Function machinery alone costs ~3% of a small network's forward
+            y, std = _holistic_layer_norm(*args)[:2]
         return y.to(x.dtype), std if self.rescale else None
 
     def extra_repr(self):
@@ -231,8 +252,30 @@ def build_stem_norm(norm_type, dim, eps=None):
     return _NORMS[check_norm_type(norm_type)][1](dim, eps)
 
 
+class _ScaledResidualFunction(torch.autograd.Function):
+    """``shortcut + branch * scale`` (scale broadcastable to branch) in one ``addcmul``.
+
+    Why not autograd's own ``addcmul``: its backward multiplies the branch by the (unit) ``value``
+    before the product with the incoming gradient, one more pass over the feature map per residual.
+    """
+
+    @staticmethod
+    def forward(ctx, shortcut, branch, scale):
+        ctx.save_for_backward(branch, scale)
+        return torch.addcmul(shortcut, branch, scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        branch, scale = ctx.saved_tensors
+        grad_scale = (grad * branch).sum_to_size(scale.shape) if ctx.needs_input_grad[2] else None
+        return grad, grad * scale, grad_scale
+
+
 def residual_add(shortcut, branch_out, scale):
     """``shortcut + scale * branch_out``; ``scale`` from ``forward_with_scale`` (None means 1)."""
     if scale is None:
         return shortcut + branch_out
-    return torch.addcmul(shortcut, branch_out, scale.to(branch_out.dtype))
+    scale = scale.to(branch_out.dtype)
+    if torch.is_grad_enabled():
+        return _ScaledResidualFunction.apply(shortcut, branch_out, scale)
+    return torch.addcmul(shortcut, branch_out, scale)
