@@ -134,7 +134,7 @@ def main(argv=None):
                      f"{r['nonfinite_steps']} | {r['all_finite']} | {r['minutes']:.1f} |")
     lines += ['', 'Validation: the 3 held-out quickstart photos, Y channel, crop border 2, EMA weights at the last '
               'iteration. Curves: `loss_curves.png` (raw and moving average), raw values in `curves.json`.',
-              'Scope: a short run of a small network on a CPU without native bf16 instructions (hence bf16 is slower). It '
+              'Scope: a short run of a small network on CPU (bf16 speed there depends on native bf16 instructions). It '
               'shows that bf16 i-LN training follows fp32 without NaN or tricks at this scale; it does not reproduce '
               "the paper's full-length training, where LN features grow to ~1e6."]
     (args.out / 'results.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
