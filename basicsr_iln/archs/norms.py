@@ -68,10 +68,15 @@ class TokenRescaledLayerNorm(_BranchNormMixin, nn.LayerNorm):
         return nn.LayerNorm.forward(self, x), std  # not super(): the mixin's forward calls back here
 
 
-def _holistic_layer_norm(x, gamma, beta, eps):
-    """``(y, std, x_hat, rstd)`` of LN* with a per-channel affine; no autograd (see the function below)."""
+def _holistic_layer_norm(x, gamma, beta, eps, keep_x_hat=True):
+    """``(y, std, x_hat, rstd)`` of LN* with a per-channel affine; no autograd (see the function below).
+
+    Without ``keep_x_hat`` (inference) the affine overwrites x_hat: on CPU a second fresh feature-map
+    allocation costs about as much as the normalisation itself (page faults), so x_hat is invalid then.
+    """
     x_hat, _, rstd = torch.native_layer_norm(x, x.shape[1:], None, None, eps)
-    return torch.addcmul(beta.to(x.dtype), x_hat, gamma.to(x.dtype)), rstd.reciprocal(), x_hat, rstd
+    y = torch.addcmul(beta.to(x.dtype), x_hat, gamma.to(x.dtype), out=None if keep_x_hat else x_hat)
+    return y, rstd.reciprocal(), x_hat, rstd
 
 
 class _HolisticLayerNormFunction(torch.autograd.Function):
@@ -134,7 +139,7 @@ class HolisticLayerNorm(_BranchNormMixin, nn.Module):
         if torch.is_grad_enabled():
             y, std = _HolisticLayerNormFunction.apply(*args)
         else:  # inference: the autograd.Function machinery alone costs ~3% of a small network's forward
-            y, std = _holistic_layer_norm(*args)[:2]
+            y, std = _holistic_layer_norm(*args, keep_x_hat=False)[:2]
         return y.to(x.dtype), std if self.rescale else None
 
     def extra_repr(self):
@@ -150,7 +155,7 @@ class Affine(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x):
-        return x * self.gamma + self.beta
+        return torch.addcmul(self.beta, x, self.gamma)
 
 
 class InstanceNorm(_BranchNormMixin, nn.Module):
