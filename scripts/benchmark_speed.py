@@ -3,7 +3,7 @@
 
     python scripts/benchmark_speed.py [--archs SwinIR HAT DRCT] [--devices cpu cuda] [--repeats 15]
         [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8]
-        [--threads 1] [--profile SwinIR] [--out results.md]
+        [--threads 1] [--profile SwinIR] [--out results.md] [--block-shapes 2x1024x48 1x2304x180]
 
 Variants: every arch x norm (ln, iln) at the same small x2 classical-SR config, plus ``basicsr``:
 ``basicsr.archs.swinir_arch.SwinIR`` with the weights of our SwinIR (ln). Measured per variant:
@@ -13,6 +13,10 @@ a training step (zero_grad, forward, L1 loss, backward, Adam step) on ``--batch`
 Timing is interleaved: each round times every variant once, in an order rotated from round to
 round, so that load changes on a shared machine hit all variants alike; times are medians over
 rounds and ratios are medians of the per-round ratios (variants timed next to each other).
+
+``--block-shapes BxLxC ...`` adds the same LN vs i-LN comparison for one block half alone (norm,
+a Linear branch, residual) on (B, L, C) tokens: forward + backward, and forward without autograd.
+It isolates what i-LN changes from the attention and MLP it leaves alone.
 
 Peak memory of one inference and of one training step (after a warm-up step, with the gradients
 already released, so weights and Adam states are in place and not counted): on CUDA
@@ -37,6 +41,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from basicsr.archs.swinir_arch import SwinIR as BasicSRSwinIR  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+
+from basicsr_iln.archs.norms import build_branch_norm, residual_add  # noqa: E402
 
 ARCH_TYPES = {'SwinIR': 'SwinIR_iLN', 'HAT': 'HAT', 'DRCT': 'DRCT'}
 NORMS = ('ln', 'iln')
@@ -101,6 +107,60 @@ class Bench:
             self.net(self.image)
         self._sync()
         return time.perf_counter() - start
+
+
+class BlockHalfBench:
+    """``x + scale * Linear(norm(x))`` of one norm type on (B, L, C) tokens; same interface as Bench."""
+
+    def __init__(self, shape, norm_type):
+        torch.manual_seed(0)
+        self.norm = build_branch_norm(norm_type, shape[-1])
+        self.branch = torch.nn.Linear(shape[-1], shape[-1])
+        gen = torch.Generator().manual_seed(1)
+        self.x = torch.randn(*shape, generator=gen)
+        self.grad = torch.randn(*shape, generator=gen)
+
+    def _forward(self, x):
+        y, scale = self.norm.forward_with_scale(x)
+        return residual_add(x, self.branch(y), scale)
+
+    def train_step(self):
+        x = self.x.clone().requires_grad_()
+        start = time.perf_counter()
+        self._forward(x).backward(self.grad)
+        return time.perf_counter() - start
+
+    def infer(self):
+        start = time.perf_counter()
+        with torch.no_grad():
+            self._forward(self.x)
+        return time.perf_counter() - start
+
+
+def block_half_benchmark(args):
+    """LN vs i-LN for one block half per shape in ``args.block_shapes`` (CPU)."""
+    lines = ['| tokens (B, L, C) | ln fwd+bwd (ms) | iln fwd+bwd (ms) | ratio | ln fwd (ms) | iln fwd (ms) | ratio |',
+             '|---|---|---|---|---|---|---|']
+    for shape in args.block_shapes:
+        benches = {norm: BlockHalfBench(shape, norm) for norm in NORMS}
+        train = interleaved_times(benches, 'train_step', 10 * args.repeats, args.warmup)
+        infer = interleaved_times(benches, 'infer', 10 * args.repeats, args.warmup)
+        cells = []
+        for times in (train, infer):
+            cells += [f'{statistics.median(times[n]) * 1e3:.3f}' for n in NORMS]
+            cells.append(f'{paired_ratio(times, "iln", "ln"):.3f}')
+        lines.append(f'| {tuple(shape)} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
+def token_shape(text):
+    try:
+        shape = tuple(int(n) for n in text.lower().split('x'))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected BxLxC with positive integers (e.g. 2x1024x48), got '{text}'")
+    return shape
 
 
 def cpu_peak_bytes(run):
@@ -228,6 +288,9 @@ def main(argv=None):
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory runs')
     parser.add_argument('--profile', choices=list(ARCH_TYPES), help='also print torch.profiler tables for this arch')
     parser.add_argument('--out', type=Path, help='also write the Markdown tables to this file')
+    parser.add_argument('--block-shapes', type=token_shape, nargs='+', default=[], metavar='BxLxC',
+                        help='also compare one LN / i-LN block half (norm, Linear branch, residual) on these '
+                        'token shapes, on CPU, with 10x --repeats rounds')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -241,6 +304,8 @@ def main(argv=None):
         if args.profile:
             profile(args, args.profile, device)
         lines += benchmark(args, device) + ['']
+    if args.block_shapes:
+        lines += [f'### Block half on CPU: {hardware(torch.device("cpu"))}', ''] + block_half_benchmark(args) + ['']
     print('\n'.join(lines))
     if args.out:
         args.out.write_text('\n'.join(lines), encoding='utf-8')
