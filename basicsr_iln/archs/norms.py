@@ -79,6 +79,15 @@ def _holistic_layer_norm(x, gamma, beta, eps, keep_x_hat=True):
     return y, rstd.reciprocal(), x_hat, rstd
 
 
+def _normalized_layer_norm_backward(grad, x_hat, weight, output_mask):
+    """LayerNorm's backward kernel over all but dim 0 of ``x_hat``, an input that is already
+    normalised (mean 0 and rstd 1 are passed as its statistics). ``weight`` doubles as the bias
+    argument, which the kernel reads only to know that a bias gradient is wanted."""
+    stats = (x_hat.shape[0], ) + (1, ) * (x_hat.dim() - 1)
+    return _LAYER_NORM_BACKWARD(grad, x_hat, x_hat.shape[1:], x_hat.new_zeros(stats), x_hat.new_ones(stats), weight,
+                                weight, output_mask)
+
+
 class _HolisticLayerNormFunction(torch.autograd.Function):
     """``(LN*(x) * gamma + beta, sqrt(var + eps))`` with mean and biased var over all but dim 0.
 
@@ -105,17 +114,13 @@ class _HolisticLayerNormFunction(torch.autograd.Function):
     def backward(ctx, grad_y, grad_std):  # unused outputs get zero gradients (materialize_grads)
         x_hat, rstd, gamma = ctx.saved_tensors
         gamma = gamma.to(grad_y.dtype)
-        grad_x = _LAYER_NORM_BACKWARD(grad_y * (gamma * rstd), x_hat, x_hat.shape[1:], torch.zeros_like(rstd),
-                                      torch.ones_like(rstd), None, None, [True, False, False])[0]
+        grad_x = _normalized_layer_norm_backward(grad_y * (gamma * rstd), x_hat, None, [True, False, False])[0]
         grad_x.addcmul_(x_hat, grad_std / (x_hat.numel() // x_hat.shape[0]))
         grad_gamma = grad_beta = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             channels = x_hat.shape[-1]
-            rows = x_hat.numel() // channels
-            row_stats = x_hat.new_zeros(rows, 1), x_hat.new_ones(rows, 1)
-            _, grad_gamma, grad_beta = _LAYER_NORM_BACKWARD(grad_y.reshape(rows, channels), x_hat.view(rows, channels),
-                                                            (channels, ), *row_stats, gamma, gamma,
-                                                            [False, True, True])
+            _, grad_gamma, grad_beta = _normalized_layer_norm_backward(
+                grad_y.reshape(-1, channels), x_hat.view(-1, channels), gamma, [False, True, True])
         return grad_x, grad_gamma, grad_beta, None
 
 
@@ -281,6 +286,6 @@ def residual_add(shortcut, branch_out, scale):
     if scale is None:
         return shortcut + branch_out
     scale = scale.to(branch_out.dtype)
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled():  # without autograd the function's machinery would be pure overhead
         return _ScaledResidualFunction.apply(shortcut, branch_out, scale)
     return torch.addcmul(shortcut, branch_out, scale)
