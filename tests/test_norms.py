@@ -105,7 +105,8 @@ def test_iln_statistics_are_float32_under_half_precision():
 def test_residual_scales_of_the_ablations_and_scalings():
     x = tokens()
     _, token_std = build_branch_norm('ln_rescale', 16).forward_with_scale(x)
-    torch.testing.assert_close(token_std.squeeze(-1), (x.var(-1, unbiased=False) + 1e-5).sqrt())
+    # eps of the i-LN family (the ablation changes i-LN's holistic statistics only)
+    torch.testing.assert_close(token_std.squeeze(-1), (x.var(-1, unbiased=False) + 1e-4).sqrt())
     assert build_branch_norm('ln_star', 16).forward_with_scale(x)[1] is None
     assert build_branch_norm('ln', 16).forward_with_scale(x)[1] is None
     assert torch.all(build_branch_norm('layerscale', 16).forward_with_scale(x)[1] == 1e-4)

@@ -13,8 +13,8 @@ norm_type      branch norm                                                 stem 
 =============  =========================================================  =====================
 ``ln``         per-token LayerNorm                                          LayerNorm
 ``iln``        LN* (holistic) + rescale by the input's sqrt(var + eps)      affine only
-``ln_star``    LN* without rescaling (ablation)                             affine only
-``ln_rescale`` per-token LN, branch rescaled by each token's std (ablation) LayerNorm
+``ln_star``    LN* without rescaling (ablation)                             LN*
+``ln_rescale`` per-token LN, branch rescaled by each token's std (ablation) affine only
 ``in``         InstanceNorm: per channel over the tokens                    InstanceNorm
 ``bn``         BatchNorm over batch and tokens                              BatchNorm
 ``rms``        RMSNorm over channels                                        RMSNorm
@@ -23,14 +23,21 @@ norm_type      branch norm                                                 stem 
 ``none``       no norm                                                      none
 =============  =========================================================  =====================
 
-The i-LN stems are affine-only, as in the official i-LN release (see ../shared/reference/README.md):
-holistic normalisation there would discard the image's global scale before the body.
+Stems follow one rule from the branch design (``NormScheme``): a scheme that rescales each branch by
+its norm input's std gets affine-only stems (norm and rescale cancel; the official i-LN release's
+choice, see ../shared/reference/README.md), every other scheme its normalisation. So each ablation
+removes one component of i-LN everywhere, stems included.
 
 Statistics of the holistic and per-token variants are computed in float32, also under autocast
 and for fp16/bf16 weights, because feature variances of ~1e6 or more overflow half precision.
 """
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 import torch
 from torch import nn
+
+from basicsr_iln.utils.dist import differentiable_all_reduce, is_dist
 
 # LayerScale (Touvron et al., CaiT) initial residual scale; small so each block starts near identity.
 LAYER_SCALE_INIT = 1e-4
@@ -179,10 +186,54 @@ class InstanceNorm(_BranchNormMixin, nn.Module):
 
 
 class BatchNorm(_BranchNormMixin, nn.BatchNorm1d):
-    """BatchNorm1d over batch and tokens for (B, L, C) sequences (running statistics at test)."""
+    """BatchNorm1d over batch and tokens for (B, L, C) sequences (running statistics at test).
+
+    Once ``synchronize``-d, its training statistics under torch.distributed are those of all processes'
+    samples together, as with torch's SyncBatchNorm, which refuses CPU tensors (this project also
+    trains DDP on CPU with gloo). ``sync`` is a plain attribute: checkpoint keys are unchanged.
+    """
+    sync = False
+
+    @classmethod
+    def synchronize(cls, net):
+        """Make every BatchNorm in ``net`` synchronise its training statistics; returns how many."""
+        norms = [module for module in net.modules() if isinstance(module, cls)]
+        for norm in norms:
+            norm.sync = True
+        return len(norms)
 
     def forward_with_scale(self, x):
+        if self.sync and self.training and is_dist():
+            return self._synchronized_forward(x), None
         return nn.BatchNorm1d.forward(self, x.transpose(1, 2)).transpose(1, 2), None  # not the mixin's forward
+
+    def _synchronized_forward(self, x):
+        """One differentiable all-reduce of per-channel (sum, sum of squares) and the count, in float64.
+
+        The local sums come from two-pass statistics (``var_mean``) and are combined in float64, so the
+        global variance does not lose the digits that float32 sums of squares would (large means).
+        """
+        channels = x.shape[-1]
+        var, mean = (t.double() for t in torch.var_mean(x.float().reshape(-1, channels), dim=0, unbiased=False))
+        local = torch.cat([mean, var + mean * mean, mean.new_ones(1)]) * (x.numel() // channels)
+        totals = differentiable_all_reduce(local)
+        total_count = totals[-1]
+        mean = totals[:channels] / total_count
+        var = totals[channels:-1] / total_count - mean * mean
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach() * (total_count / (total_count - 1)))
+        scale = torch.rsqrt(var + self.eps).float()
+        shift = -mean.float() * scale
+        if self.affine:
+            scale, shift = scale * self.weight, torch.addcmul(self.bias, shift, self.weight)
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+
+    def _update_running_stats(self, mean, unbiased_var):
+        """As BatchNorm1d: momentum, or the cumulative average when ``momentum`` is None."""
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
 
 
 class RMSNorm(nn.RMSNorm):
@@ -223,43 +274,82 @@ class Identity(_BranchNormMixin, nn.Module):
 
 
 def _holistic(rescale):
-    return lambda dim, eps: HolisticLayerNorm(dim, eps=DEFAULT_ILN_EPS if eps is None else eps, rescale=rescale)
+    return lambda dim, eps: HolisticLayerNorm(dim, eps=eps, rescale=rescale)
 
 
 def _with_eps(cls):
     return lambda dim, eps: cls(dim) if eps is None else cls(dim, eps=eps)
 
 
-# norm_type -> (branch factory, stem factory); factories take (dim, eps) with eps=None for the default.
-_NORMS = {
-    'ln': (_with_eps(LayerNorm), _with_eps(LayerNorm)),
-    'iln': (_holistic(True), lambda dim, eps: Affine(dim)),
-    'ln_star': (_holistic(False), lambda dim, eps: Affine(dim)),
-    'ln_rescale': (_with_eps(TokenRescaledLayerNorm), _with_eps(LayerNorm)),
-    'in': (_with_eps(InstanceNorm), _with_eps(InstanceNorm)),
-    'bn': (_with_eps(BatchNorm), _with_eps(BatchNorm)),
-    'rms': (_with_eps(RMSNorm), _with_eps(RMSNorm)),
-    'layerscale': (lambda dim, eps: LayerScaleNorm(dim), _with_eps(LayerNorm)),
-    'rezero': (lambda dim, eps: ReZero(dim), lambda dim, eps: Identity()),
-    'none': (lambda dim, eps: Identity(), lambda dim, eps: Identity()),
+def _without_eps(cls):
+    return lambda dim, eps: cls(dim)
+
+
+@dataclass(frozen=True)
+class NormScheme:
+    """What one ``norm_type`` means, defined once: the architectures, the analysis, the option generator,
+    the tables and the tests all read this record.
+
+    The stem rule: a stem norm has no residual branch, so it is the scheme's normalisation followed
+    directly by the scheme's residual rescaling. Where that rescaling is the norm input's own std
+    (``rescales_by_input_std``: i-LN, per-token rescaled LN), normalising and rescaling cancel up to
+    the mean shift, which leaves the per-channel affine: the official i-LN release's ``Affine`` stems.
+    Learned residual scales (LayerScale, ReZero) scale branches only: their stems are the normalisation.
+    """
+    label: str
+    branch: Callable  # (dim, eps) -> branch norm with ``forward_with_scale``
+    normalisation: Callable  # (dim, eps) -> the normalisation alone: the stem unless the rule cancels it
+    rescales_by_input_std: bool = False
+    default_eps: Optional[float] = None  # None: the layer's own default
+    stdnorm: bool = False  # the input handling the scheme is trained with (i-LN: as the official release)
+
+    def build_branch(self, dim, eps=None):
+        return self.branch(dim, self.default_eps if eps is None else eps)
+
+    def build_stem(self, dim, eps=None):
+        if self.rescales_by_input_std:
+            return Affine(dim)
+        return self.normalisation(dim, self.default_eps if eps is None else eps)
+
+
+NORM_SCHEMES = {
+    'ln': NormScheme('LayerNorm, as released', _with_eps(LayerNorm), _with_eps(LayerNorm)),
+    'iln': NormScheme('i-LN', _holistic(True), _holistic(False), rescales_by_input_std=True,
+                      default_eps=DEFAULT_ILN_EPS, stdnorm=True),
+    'ln_star': NormScheme('LN* without rescaling (i-LN ablation)', _holistic(False), _holistic(False),
+                          default_eps=DEFAULT_ILN_EPS, stdnorm=True),
+    'ln_rescale': NormScheme('per-token LN + rescaling (i-LN ablation)', _with_eps(TokenRescaledLayerNorm),
+                             _with_eps(LayerNorm), rescales_by_input_std=True, default_eps=DEFAULT_ILN_EPS,
+                             stdnorm=True),
+    'in': NormScheme('InstanceNorm', _with_eps(InstanceNorm), _with_eps(InstanceNorm)),
+    'bn': NormScheme('BatchNorm', _with_eps(BatchNorm), _with_eps(BatchNorm)),
+    'rms': NormScheme('RMSNorm', _with_eps(RMSNorm), _with_eps(RMSNorm)),
+    'layerscale': NormScheme('LayerNorm + LayerScale', _without_eps(LayerScaleNorm), _with_eps(LayerNorm)),
+    'rezero': NormScheme('ReZero (no norm)', _without_eps(ReZero), _without_eps(Identity)),
+    'none': NormScheme('no normalisation', _without_eps(Identity), _without_eps(Identity)),
 }
-NORM_TYPES = tuple(_NORMS)
+NORM_TYPES = tuple(NORM_SCHEMES)
+
+
+def norm_scheme(norm_type):
+    if norm_type not in NORM_SCHEMES:
+        raise ValueError(f"Unknown norm_type '{norm_type}'. Valid norm types: {', '.join(NORM_TYPES)}.")
+    return NORM_SCHEMES[norm_type]
 
 
 def check_norm_type(norm_type):
-    if norm_type not in _NORMS:
-        raise ValueError(f"Unknown norm_type '{norm_type}'. Valid norm types: {', '.join(NORM_TYPES)}.")
+    norm_scheme(norm_type)
     return norm_type
 
 
 def build_branch_norm(norm_type, dim, eps=None):
-    """Norm in front of a residual branch; has ``forward_with_scale``. ``eps=None``: the type's default."""
-    return _NORMS[check_norm_type(norm_type)][0](dim, eps)
+    """Norm in front of a residual branch; has ``forward_with_scale``. ``eps=None``: the scheme's default."""
+    return norm_scheme(norm_type).build_branch(dim, eps)
 
 
 def build_stem_norm(norm_type, dim, eps=None):
-    """Norm without a residual branch (patch embedding, final norm)."""
-    return _NORMS[check_norm_type(norm_type)][1](dim, eps)
+    """Norm without a residual branch (patch embedding, final norm), by the stem rule of ``NormScheme``."""
+    return norm_scheme(norm_type).build_stem(dim, eps)
 
 
 class _ScaledResidualFunction(torch.autograd.Function):

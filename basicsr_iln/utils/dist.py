@@ -67,6 +67,33 @@ def all_gather(obj):
     return objs
 
 
+def _summed_over_processes(tensor):
+    total = tensor.clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(total)
+    return total
+
+
+class _DifferentiableAllReduce(torch.autograd.Function):
+    """Every process's output is the sum of all inputs, so an input's gradient is the sum of all outputs'.
+
+    Ours, not ``torch.distributed.nn.functional.all_reduce``: that one is deprecated (a FutureWarning) and
+    its suggested replacement is private API.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return _summed_over_processes(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _summed_over_processes(grad)
+
+
+def differentiable_all_reduce(tensor):
+    """Sum of ``tensor`` over all processes (every process must call this), with autograd."""
+    return _DifferentiableAllReduce.apply(tensor)
+
+
 def close_dist():
     """Destroy the process group at the end of a CLI run (torch warns about a leaked one)."""
     if is_dist():
