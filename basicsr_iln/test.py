@@ -25,7 +25,7 @@ from basicsr.utils.options import dict2str  # noqa: E402
 
 from basicsr_iln.analysis.precision import parse_precisions  # noqa: E402
 from basicsr_iln.train import build_dataset_checked  # noqa: E402
-from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics, check_writable_folder  # noqa: E402
+from basicsr_iln.utils.checks import check_datasets, check_writable_folder  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
@@ -33,12 +33,11 @@ from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa:
 
 def test_pipeline(root_path, argv=None):
     opt, args = parse_options(root_path, is_train=False, argv=argv)
-    check_model_and_metrics(opt)
     check_datasets(opt)
     if args.precision:
         precisions = parse_precisions(args.precision, '--precision')
     else:
-        precisions = parse_precisions((opt.get('val') or {}).get('precision', 'fp32'), "option 'val.precision'")
+        precisions = parse_precisions(opt['val']['precision'], "option 'val.precision'")
     if not opt['path'].get('pretrain_network_g'):
         raise ConfigError("testing needs 'path.pretrain_network_g' (the checkpoint to evaluate)")
     if not osp.isfile(opt['path']['pretrain_network_g']):
@@ -60,7 +59,7 @@ def test_pipeline(root_path, argv=None):
         logger.info(f"Test set {dataset_opt['name']}: {len(test_set)} images.")
 
     model = build_model(opt)
-    val_opt = opt.setdefault('val', {})
+    val_opt = opt['val']
     suffix = val_opt.get('suffix') or opt['name']
     for precision in precisions:
         model.set_eval_precision(precision)
@@ -68,7 +67,7 @@ def test_pipeline(root_path, argv=None):
             model.opt.setdefault('val', {})['suffix'] = f'{suffix}_{precision}'
         for loader in test_loaders:
             logger.info(f"Testing {loader.dataset.opt['name']} in {precision}...")
-            model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=val_opt.get('save_img', False))
+            model.validation(loader, current_iter=opt['name'], tb_logger=None, save_img=val_opt['save_img'])
     close_dist()
     return opt
 

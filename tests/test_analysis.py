@@ -126,8 +126,8 @@ def test_analysis_off_builds_nothing_and_registers_no_hook(monkeypatch):
 
 
 @pytest.mark.parametrize('section, message', [
-    ({'freqq': 10}, "Did you mean 'freq'"),
-    ({'freq': 0}, 'positive integer'),
+    ({'freqq': 10}, "Did you mean 'analysis.freq'"),
+    ({'freq': 0}, "'analysis.freq' must be > 0"),
     ({'layers': 'heads'}, 'blocks, groups, all'),
     ('yes', 'must be a mapping'),
 ])

@@ -59,11 +59,11 @@ class Case:
 
 
 def set_in(keys, value):
-    """Setup that sets opt[k1][k2]... = value."""
+    """Setup that sets opt[k1][k2]... = value (creating absent sections)."""
     def setup(run):
         node = run.opt
         for key in keys[:-1]:
-            node = node[key]
+            node = node.setdefault(key, {})
         node[keys[-1]] = value
     return setup
 
@@ -124,6 +124,11 @@ def rgba_gt(run):
     hr, _ = run.private_train_data()
     img = cv2.imread(str(hr / 'img05.png'))
     cv2.imwrite(str(hr / 'img05.png'), np.dstack([img, np.full(img.shape[:2], 255, np.uint8)]))
+
+
+def global_batch_not_a_multiple(run):
+    run.opt['datasets']['train']['batch_size_per_gpu'] = 3
+    run.opt['train']['global_batch_size'] = 16
 
 
 def unwritable_root(run):
@@ -193,6 +198,12 @@ CASES = [
     Case('negative_total_iter', 'train', set_in(['train', 'total_iter'], -5), ("'train.total_iter'", 'got -5')),
     Case('batch_larger_than_dataset', 'train', set_in(['datasets', 'train', 'batch_size_per_gpu'], 16),
          ('batch_size_per_gpu', '= 16 is larger than the 8 training images')),
+    Case('global_batch_not_a_multiple', 'train', global_batch_not_a_multiple,
+         ('train.global_batch_size 16 is not a multiple of datasets.train.batch_size_per_gpu 3 x 1 processes', )),
+    Case('global_batch_larger_than_dataset', 'train', set_in(['train', 'global_batch_size'], 16),
+         ('accumulated micro-batches) = 16 is larger than the 8 training images', )),
+    Case('grad_clip_norm_negative', 'train', set_in(['train', 'grad_clip_norm'], -1.0),
+         ('train.grad_clip_norm', '-1.0')),
     Case('unwritable_experiments_folder', 'train', unwritable_root,
          ('cannot create the experiment folder', 'a_file', 'is a file')),
     Case('unwritable_results_folder', 'test', unwritable_root,
@@ -209,6 +220,55 @@ CASES = [
     Case('checkpoint_needs_pickle', 'test', pickle_checkpoint,
          ('refusing to load', 'evil.pth', 'pickled code', 'os.makedirs')),
 ]
+
+
+def drop_crop_border(run):
+    del run.opt['val']['metrics']['psnr']['crop_border']
+
+
+def typo(keys, value, expect_did_you_mean):
+    """Case setup and expected words for a misspelt key ``keys`` (the last one misspelt)."""
+    where = '.'.join(keys)
+    return set_in(keys, value), (f"unknown option '{where}' in ", f"Did you mean '{expect_did_you_mean}'?")
+
+
+# Option-schema errors (basicsr_iln/utils/schema.py): found before any data is read or folder created.
+OPTION_CASES = [
+    Case('typo_train_precision', 'train', *typo(['train', 'precison'], 'bf16', 'train.precision')),
+    Case('typo_train_nonfinite_patience', 'train',
+         *typo(['train', 'nonfinite_patince'], 3, 'train.nonfinite_patience')),
+    Case('typo_val_self_ensemble', 'train', *typo(['val', 'self_ensembel'], True, 'val.self_ensemble')),
+    Case('typo_dataset_key', 'train', *typo(['datasets', 'train', 'use_flip'], True, 'datasets.train.use_hflip')),
+    Case('typo_metric_key', 'train',
+         *typo(['val', 'metrics', 'psnr', 'test_y_chanel'], True, 'val.metrics.psnr.test_y_channel')),
+    Case('typo_logger_key', 'train',
+         *typo(['logger', 'save_checkpoint_frq'], 2, 'logger.save_checkpoint_freq')),
+    Case('typo_optimizer_key', 'train', *typo(['train', 'optim_g', 'weight_decy'], 0, 'train.optim_g.weight_decay')),
+    Case('typo_scheduler_key', 'train', *typo(['train', 'scheduler', 'milestone'], [2], 'train.scheduler.milestones')),
+    Case('typo_loss_key', 'train', *typo(['train', 'pixel_opt', 'weight'], 1.0, 'train.pixel_opt.loss_weight')),
+    Case('typo_path_key', 'train', *typo(['path', 'strict_load'], True, 'path.strict_load_g')),
+    Case('typo_compile_key', 'train', *typo(['compile', 'bakend'], 'eager', 'compile.backend')),
+    Case('typo_in_test_options', 'test', *typo(['val', 'self_ensembel'], True, 'val.self_ensemble')),
+    Case('self_ensemble_not_bool', 'test', set_in(['val', 'self_ensemble'], 'yes'),
+         ("option 'val.self_ensemble' must be true or false, got 'yes' (str)", )),
+    Case('ema_decay_not_number', 'train', set_in(['train', 'ema_decay'], 'high'),
+         ("option 'train.ema_decay' must be a number, got 'high' (str)", )),
+    Case('loss_type_typo', 'train', set_in(['train', 'pixel_opt', 'type'], 'L1loss'),
+         ("unknown loss type 'L1loss' at train.pixel_opt.type", "Did you mean 'L1Loss'?")),
+    Case('metric_argument_missing', 'train', drop_crop_border,
+         ("missing required option 'val.metrics.psnr.crop_border' in ", )),
+    Case('top_level_precision_removed', 'train', set_in(['precision'], 'bf16'),
+         ("unknown top-level option 'precision'", "Did you mean 'train.precision' or 'val.precision'?")),
+    Case('prefetch_mode_gpu', 'train', set_in(['datasets', 'train', 'prefetch_mode'], 'gpu'),
+         ("option 'datasets.train.prefetch_mode' must be one of null, cpu, cuda, got 'gpu'", )),
+    Case('force_yml_declared_key_misspelt', 'train',
+         lambda run: run.args.extend(['--force_yml', 'train:grad_clip_nrom=0.5']),
+         ("--force_yml: unknown key 'grad_clip_nrom' under train", "Did you mean 'grad_clip_norm'?")),
+]
+if not torch.cuda.is_available():
+    OPTION_CASES.append(Case('prefetch_mode_cuda_without_cuda', 'train',
+                             set_in(['datasets', 'train', 'prefetch_mode'], 'cuda'),
+                             ("'datasets.train.prefetch_mode' is 'cuda' but CUDA is not available", )))
 
 
 def prepare(case, base_dir, data, checkpoint, extra_args=()):
@@ -236,7 +296,7 @@ def outcomes(tiny_sr_data, tmp_path_factory):
     checkpoint = base / CHECKPOINT
     net_opt = tiny_train_options(tiny_sr_data, 'net')['network_g']
     torch.save({'params_ema': build_network_checked(net_opt).state_dict()}, checkpoint)
-    jobs = {case.id: prepare(case, base, tiny_sr_data, checkpoint) for case in CASES}
+    jobs = {case.id: prepare(case, base, tiny_sr_data, checkpoint) for case in CASES + OPTION_CASES}
     traceback_case = Case('traceback', 'train', set_in(['model_type'], 'IRmodel'), ())
     jobs['traceback'] = prepare(traceback_case, base, tiny_sr_data, checkpoint, extra_args=['--traceback'])
     jobs['gray'] = prepare(Case('gray', 'train', gray_training_data, ()), base, tiny_sr_data, checkpoint)
@@ -253,13 +313,24 @@ def outcomes(tiny_sr_data, tmp_path_factory):
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
 def test_bad_input_gives_one_clear_error_line(case, outcomes):
     _, result = outcomes[case.id].result()
+    assert_one_error_line(result, case.expect)
+
+
+def assert_one_error_line(result, expect):
     assert result.returncode == 2, result.stderr[-3000:]
     assert 'Traceback' not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert lines and lines[-1].startswith('error: '), result.stderr[-3000:]
     assert [line for line in lines if line.startswith('error:')] == lines[-1:]
-    for words in case.expect:
+    for words in expect:
         assert words in lines[-1]
+
+
+@pytest.mark.parametrize('case', OPTION_CASES, ids=[c.id for c in OPTION_CASES])
+def test_bad_option_fails_before_anything_is_written(case, outcomes):
+    folder, result = outcomes[case.id].result()
+    assert_one_error_line(result, case.expect)
+    assert not [name for name in ('experiments', 'results', 'tb_logger') if (folder / name).exists()]
 
 
 def test_yaml_error_names_the_line(outcomes):
@@ -268,6 +339,11 @@ def test_yaml_error_names_the_line(outcomes):
     error = result.stderr.strip().splitlines()[-1]
     reported = int(error.split(' at line ')[1].split(',')[0])
     assert broken <= reported <= broken + 1  # the parser notices at the bracket's line or the next one
+
+
+def test_global_batch_error_comes_before_any_folder(outcomes):
+    folder, _ = outcomes['global_batch_not_a_multiple'].result()
+    assert not (folder / 'experiments').exists()
 
 
 def test_pickle_checkpoint_ran_nothing(outcomes):

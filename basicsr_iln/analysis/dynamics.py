@@ -36,36 +36,18 @@ from torch import nn
 
 from basicsr_iln.archs.norms import Affine, HolisticLayerNorm, InstanceNorm
 from basicsr_iln.utils.errors import ConfigError
-from basicsr_iln.utils.options import did_you_mean
+from basicsr_iln.utils.schema import resolve_option
 
 from .stats import affine_stats, channel_magnitudes, feature_stats
 
 JSONL_NAME = 'analysis.jsonl'
-LAYER_CHOICES = ('blocks', 'groups', 'all')
-DEFAULTS = {'enabled': True, 'freq': 1000, 'layers': 'all', 'num_probe_images': 4, 'probe_crop': 64,
-            'histograms': True}
 NORM_LAYER_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm, HolisticLayerNorm, Affine, InstanceNorm)
 
 
 def parse_analysis_options(section):
-    """The ``analysis`` section checked and completed with defaults; None when analysis is off."""
-    if section is None:
-        return None
-    if not isinstance(section, dict):
-        raise ConfigError(f"option 'analysis' must be a mapping (freq, layers, ...), got {section!r}")
-    for key in section:
-        if key not in DEFAULTS:
-            raise ConfigError(f"unknown option 'analysis.{key}'.{did_you_mean(key, DEFAULTS)}")
-    opts = {**DEFAULTS, **section}
-    for key in ('enabled', 'histograms'):
-        if not isinstance(opts[key], bool):
-            raise ConfigError(f"option 'analysis.{key}' must be true or false, got {opts[key]!r}")
-    for key in ('freq', 'num_probe_images', 'probe_crop'):
-        if isinstance(opts[key], bool) or not isinstance(opts[key], int) or opts[key] <= 0:
-            raise ConfigError(f"option 'analysis.{key}' must be a positive integer, got {opts[key]!r}")
-    if opts['layers'] not in LAYER_CHOICES:
-        raise ConfigError(f"option 'analysis.layers' must be one of {', '.join(LAYER_CHOICES)}, got {opts['layers']!r}")
-    return opts if opts['enabled'] else None
+    """The ``analysis`` section checked and completed with the schema's defaults; None when analysis is off."""
+    opts = resolve_option('analysis', section)
+    return opts if opts is not None and opts['enabled'] else None
 
 
 def is_block(module):

@@ -1,4 +1,5 @@
 """One exception type for bad user input, and the CLI wrapper that turns it into one clear line."""
+import difflib
 import sys
 
 
@@ -8,6 +9,12 @@ class UserFacingError(Exception):
 
 class ConfigError(UserFacingError):
     """Bad input from the user (option file, data, checkpoint): the message names the culprit."""
+
+
+def did_you_mean(word, choices, prefix=''):
+    """A hint naming the choice closest to a misspelt ``word`` (written after ``prefix``), or ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
+    return f" Did you mean '{prefix}{close[0]}'?" if close else ''
 
 
 class NonFiniteTrainingError(UserFacingError):

@@ -2,13 +2,14 @@
 
 Why not ``basicsr.utils.options.parse_options``: it initialises distributed training with CUDA
 assumptions, applies ``--force_yml`` with ``exec``, accepts any key silently, and reports a YAML
-typo or ``lr: 2e-4`` (a *string* in YAML 1.1) only as a crash deep inside training.
+typo or ``lr: 2e-4`` (a *string* in YAML 1.1) only as a crash deep inside training. Every key is
+checked against the declared schema (schema.py), which also supplies the defaults.
 """
 import argparse
-import difflib
-import math
 import os
 import random
+import sys
+import time
 from os import path as osp
 
 import torch
@@ -18,14 +19,8 @@ from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.options import ordered_yaml
 
 from .dist import init_dist
-from .errors import ConfigError
-
-TOP_LEVEL_KEYS = {
-    'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'datasets', 'network_g', 'path', 'train', 'val',
-    'logger', 'dist_params', 'find_unused_parameters', 'analysis', 'precision', 'compile'
-}
-REQUIRED_KEYS = {True: ('name', 'model_type', 'network_g', 'datasets', 'train'), False: ('name', 'model_type',
-                                                                                     'network_g', 'datasets')}
+from .errors import ConfigError, did_you_mean
+from .schema import OPTIONS, resolve_options, without_runtime
 
 
 def build_arg_parser(is_train):
@@ -37,17 +32,15 @@ def build_arg_parser(is_train):
     parser.add_argument('--debug', action='store_true', help="prefix the name with 'debug_', log and save often")
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help='set by the launcher')
     parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY:SUB=VALUE',
-                        help='override existing option keys, e.g. train:ema_decay=0.999 (values parsed as YAML)')
+                        help='set option keys, e.g. train:ema_decay=0.999 (values parsed as YAML; a key absent '
+                        'from the file must be a declared one)')
+    parser.add_argument('--print-options', action='store_true',
+                        help='print the resolved options (defaults filled in) as YAML and exit')
     parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
     if not is_train:
         parser.add_argument('--precision', default=None, metavar='P[,P...]',
                             help='evaluate in these precisions (fp32, bf16, fp16, int8); overrides val.precision')
     return parser
-
-
-def did_you_mean(word, choices):
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1)
-    return f" Did you mean '{close[0]}'?" if close else ''
 
 
 def load_yaml_file(path):
@@ -68,80 +61,65 @@ def load_yaml_file(path):
 
 
 def apply_force_yml(opt, entries):
-    """``a:b:c=value`` sets an *existing* key (as BasicSR), with the value parsed as YAML, never executed."""
+    """``a:b:c=value`` sets a key of the file or a declared one (absent mappings on the way are created),
+    with the value parsed as YAML, never executed; the result is checked with the rest of the options."""
     for entry in entries:
         if '=' not in entry:
             raise ConfigError(f"--force_yml entry '{entry}' must look like key:subkey=value")
         keys, value = entry.split('=', 1)
         keys = [k.strip() for k in keys.split(':')]
-        node = opt
+        node, kind = opt, OPTIONS
         for depth, key in enumerate(keys):
-            if not isinstance(node, dict) or key not in node:
-                where = ':'.join(keys[:depth]) or 'the top level'
-                choices = node.keys() if isinstance(node, dict) else []
+            where = ':'.join(keys[:depth]) or 'the top level'
+            if not isinstance(node, dict):
+                raise ConfigError(f"--force_yml: {where} is {node!r}, not a mapping with a key '{key}'")
+            child = kind.child(key, node) if kind is not None else None
+            if key not in node and child is None:
+                choices = [*node, *(kind.child_names(node) if kind is not None else ())]
                 raise ConfigError(f"--force_yml: unknown key '{key}' under {where}.{did_you_mean(key, choices)}")
-            if depth < len(keys) - 1:
-                node = node[key]
-        node[keys[-1]] = yaml.safe_load(value.strip())
-
-
-def _require_number(opt, dotted, positive=False, integer=False):
-    node = opt
-    for key in dotted.split('.'):
-        if not isinstance(node, dict) or key not in node:
-            return
-        node = node[key]
-    kind = int if integer else (int, float)
-    if isinstance(node, bool) or not isinstance(node, kind):
-        hint = ' (YAML 1.1 reads 2e-4 as a string: write 2.0e-4 or !!float 2e-4)' if isinstance(node, str) else ''
-        raise ConfigError(f"option '{dotted}' must be a{'n integer' if integer else ' number'}, "
-                          f'got {node!r} ({type(node).__name__}){hint}')
-    if not math.isfinite(node):
-        raise ConfigError(f"option '{dotted}' must be a finite number, got {node}")
-    if positive and node <= 0:
-        raise ConfigError(f"option '{dotted}' must be > 0, got {node}")
+            if depth == len(keys) - 1:
+                node[key] = yaml.safe_load(value.strip())
+            else:
+                if node.get(key) is None:
+                    node[key] = {}
+                node, kind = node[key], child
 
 
 def check_options(opt, is_train, opt_path):
-    unknown = [k for k in opt if k not in TOP_LEVEL_KEYS and not k.startswith('network_')]
-    if unknown:
-        key = unknown[0]
-        raise ConfigError(f"unknown top-level option '{key}' in {opt_path}.{did_you_mean(key, TOP_LEVEL_KEYS)}")
-    for key in REQUIRED_KEYS[is_train]:
-        if key not in opt:
-            raise ConfigError(f"missing required option '{key}' in {opt_path}")
-    if not isinstance(opt['network_g'], dict) or 'type' not in opt['network_g']:
-        raise ConfigError(f"option 'network_g' needs a 'type' (the architecture name) in {opt_path}")
-    if not isinstance(opt['datasets'], dict) or not opt['datasets']:
-        raise ConfigError(f"option 'datasets' must map phases (train, val, test_1, ...) to datasets in {opt_path}")
-    for phase, dataset in opt['datasets'].items():
-        if not isinstance(dataset, dict) or 'type' not in dataset:
-            raise ConfigError(f"dataset 'datasets.{phase}' needs a 'type' in {opt_path}")
-        if phase.split('_')[0] not in ('train', 'val', 'test'):
-            raise ConfigError(f"dataset phase 'datasets.{phase}' must start with train, val or test")
-    if is_train:
-        if 'train' not in opt['datasets']:
-            raise ConfigError(f"training needs a 'datasets.train' entry in {opt_path}")
-        _require_number(opt, 'train.total_iter', positive=True, integer=True)
-        _require_number(opt, 'train.optim_g.lr', positive=True)
-        _require_number(opt, 'train.ema_decay')
-        _require_number(opt, 'train.nonfinite_patience', positive=True, integer=True)
-        _require_number(opt, 'datasets.train.batch_size_per_gpu', positive=True, integer=True)
-        _require_number(opt, 'datasets.train.gt_size', positive=True, integer=True)
-        _require_number(opt, 'logger.save_checkpoint_freq', positive=True, integer=True)
-        _require_number(opt, 'logger.keep_last_checkpoints', positive=True, integer=True)  # absent: keep all
-        _require_number(opt, 'val.val_freq', positive=True, integer=True)
-        if 'total_iter' not in opt['train']:
-            raise ConfigError(f"missing required option 'train.total_iter' in {opt_path}")
-    _require_number(opt, 'scale', positive=True, integer=True)
+    """The options checked against the schema, with its defaults filled in (a new dict), and the checks
+    that involve several keys."""
+    opt = resolve_options(opt, is_train, opt_path)
+    if is_train and 'train' not in opt['datasets']:
+        raise ConfigError(f"training needs a 'datasets.train' entry in {opt_path}")
+    if is_train and not (opt['train'].get('pixel_opt') or opt['train'].get('perceptual_opt')):
+        raise ConfigError(f"training needs a loss: 'train.pixel_opt' or 'train.perceptual_opt' in {opt_path}")
     upscale = opt['network_g'].get('upscale')
-    if 'scale' in opt and upscale is not None and upscale != opt['scale']:
+    if upscale is not None and upscale != opt['scale']:
         raise ConfigError(f"option 'scale' is {opt['scale']} but 'network_g.upscale' is {upscale}: they must match")
+    for phase, dataset in opt['datasets'].items():
+        _check_loader(dataset, f'datasets.{phase}', phase == 'train')
+    wandb = opt['logger'].get('wandb') or {}
+    if is_train and wandb.get('project') and not opt['logger']['use_tb_logger']:
+        raise ConfigError("option 'logger.wandb.project' needs 'logger.use_tb_logger: true' (W&B syncs the "
+                          'TensorBoard logs)')
+    return opt
+
+
+def _check_loader(dataset, where, is_train_phase):
+    """Loader settings that torch or BasicSR would refuse only once the loader is built."""
+    if dataset.get('prefetch_mode') == 'cuda':
+        if not torch.cuda.is_available():
+            raise ConfigError(f"option '{where}.prefetch_mode' is 'cuda' but CUDA is not available: use null or 'cpu'")
+        if not dataset.get('pin_memory'):
+            raise ConfigError(f"option '{where}.prefetch_mode: cuda' needs '{where}.pin_memory: true' "
+                              "(BasicSR's CUDA prefetcher copies from page-locked memory)")
+    if dataset.get('persistent_workers') and not (is_train_phase and dataset['num_worker_per_gpu'] > 0):
+        raise ConfigError(f"option '{where}.persistent_workers: true' needs loader workers: num_worker_per_gpu > 0 "
+                          'in the train phase (validation and test loaders have none)')
 
 
 def _set_paths(opt, root_path, is_train):
-    paths = opt.setdefault('path', {}) or {}
-    opt['path'] = paths
+    paths = opt['path']
     for key, val in paths.items():
         if val is not None and ('resume_state' in key or 'pretrain_network' in key):
             paths[key] = osp.expanduser(val)
@@ -161,7 +139,19 @@ def parse_options(root_path, is_train=True, argv=None):
     opt = load_yaml_file(args.opt)
     if args.force_yml:
         apply_force_yml(opt, args.force_yml)
-    check_options(opt, is_train, args.opt)
+    if not is_train and opt.get('val') is None:
+        opt['val'] = {}  # the test CLI always evaluates: with the val defaults
+    opt = check_options(opt, is_train, args.opt)
+    if args.debug and not opt['name'].startswith('debug'):
+        opt['name'] = 'debug_' + opt['name']
+    if is_train and 'debug' in opt['name']:
+        if opt.get('val'):
+            opt['val']['val_freq'] = 8
+        opt['logger']['print_freq'] = 1
+        opt['logger']['save_checkpoint_freq'] = 8
+    if args.print_options:  # like --help: nothing is initialised, read or written
+        print(dump_options(opt), end='')
+        sys.exit(0)
 
     if args.launcher == 'none':
         opt['dist'] = False
@@ -170,8 +160,8 @@ def parse_options(root_path, is_train=True, argv=None):
         init_dist(args.launcher, **(opt.get('dist_params') or {}))
     opt['rank'], opt['world_size'] = get_dist_info()
 
-    num_gpu = opt.get('num_gpu', 'auto')
-    opt['num_gpu'] = torch.cuda.device_count() if num_gpu == 'auto' else num_gpu
+    if opt['num_gpu'] == 'auto':
+        opt['num_gpu'] = torch.cuda.device_count()
     if opt['num_gpu'] > 0 and not torch.cuda.is_available():
         raise ConfigError(f"num_gpu is {opt['num_gpu']} but CUDA is not available: set num_gpu: 0 or auto")
 
@@ -182,27 +172,39 @@ def parse_options(root_path, is_train=True, argv=None):
 
     opt['auto_resume'] = args.auto_resume
     opt['is_train'] = is_train
-    if args.debug and not opt['name'].startswith('debug'):
-        opt['name'] = 'debug_' + opt['name']
 
     for phase, dataset in opt['datasets'].items():
         dataset['phase'] = phase.split('_')[0]
-        if 'scale' in opt:
-            dataset['scale'] = opt['scale']
+        dataset['scale'] = opt['scale']
         for key in ('dataroot_gt', 'dataroot_lq'):
             if dataset.get(key) is not None:
                 dataset[key] = osp.expanduser(dataset[key])
 
-    opt.setdefault('logger', {})
-    opt['logger'].setdefault('print_freq', 100)
-    opt['logger'].setdefault('save_checkpoint_freq', 5000)
     _set_paths(opt, root_path, is_train)
-    if is_train and 'debug' in opt['name']:
-        if opt.get('val'):
-            opt['val']['val_freq'] = 8
-        opt['logger']['print_freq'] = 1
-        opt['logger']['save_checkpoint_freq'] = 8
     return opt, args
+
+
+class _OptionDumper(yaml.SafeDumper):
+    """Block mappings, flow lists (``betas: [0.9, 0.99]``), as the hand-written option files."""
+
+
+_OptionDumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    'tag:yaml.org,2002:seq', data, flow_style=True))
+
+
+def dump_options(opt):
+    """YAML text of resolved options that our CLIs load back to the same options."""
+    return yaml.dump(opt, Dumper=_OptionDumper, sort_keys=False, allow_unicode=True)
+
+
+def write_resolved_options(opt, folder, opt_path):
+    """Save ``opt`` as ``<folder>/<option file name>``: the run's resolved options (defaults, --force_yml
+    overrides, the drawn seed) without the keys the CLI fills in, so the run can be re-tested or resumed
+    from its own folder with exactly the options it ran with."""
+    header = (f'# Resolved options of {opt_path} ({time.asctime()}), defaults filled in\n'
+              f"# CMD: {' '.join(sys.argv)}\n")
+    with open(osp.join(folder, osp.basename(opt_path)), 'w', encoding='utf-8') as f:
+        f.write(header + dump_options(without_runtime(opt)))
 
 
 def root_path_from_env():
