@@ -5,6 +5,7 @@ setup, resume that works without CUDA and skips incomplete checkpoints, and clea
 run continues where the checkpoint left off, mid-epoch included: with ``num_worker_per_gpu: 0`` it
 trains exactly as the uninterrupted run would have (same batches, same random streams).
 """
+import copy
 import datetime
 import itertools
 import logging
@@ -26,15 +27,15 @@ from basicsr.models import build_model  # noqa: E402
 from basicsr.train import init_tb_loggers  # noqa: E402
 from basicsr.utils import (AvgTimer, MessageLogger, check_resume, get_env_info, get_root_logger,  # noqa: E402
                            get_time_str, make_exp_dirs, mkdir_and_rename)
-from basicsr.utils.options import copy_opt_file, dict2str  # noqa: E402
+from basicsr.utils.options import dict2str  # noqa: E402
 
 from basicsr_iln.analysis import build_dynamics_recorder  # noqa: E402
+from basicsr_iln.utils.batching import describe_global_batch, micro_batches_per_step, process_batch  # noqa: E402
 from basicsr_iln.utils.checkpoint import load_checkpoint_file, remove_stale_temporaries  # noqa: E402
-from basicsr_iln.utils.checks import (check_checkpoint_path, check_datasets, check_model_and_metrics,  # noqa: E402
-                                      check_writable_folder)
+from basicsr_iln.utils.checks import check_checkpoint_path, check_datasets, check_writable_folder  # noqa: E402
 from basicsr_iln.utils.dist import broadcast_from_rank0, close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
-from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
+from basicsr_iln.utils.options import parse_options, root_path_from_env, write_resolved_options  # noqa: E402
 
 
 def build_dataset_checked(dataset_opt, phase):
@@ -61,24 +62,37 @@ class ResumableSampler(EnlargedSampler):
 
 
 def resume_position(state, iters_per_epoch):
-    """(epoch, batches of it already trained) right after the checkpoint ``state``."""
+    """(epoch, optimizer steps of it already taken) right after the checkpoint ``state``."""
     done = state['iter'] - state['epoch'] * iters_per_epoch
     if done >= iters_per_epoch:
         return state['epoch'] + 1, 0
     return state['epoch'], max(done, 0)
 
 
-def create_dataloaders(opt, logger):
+def global_batches(prefetcher, steps, micro_batches):
+    """For each of ``steps`` optimizer steps, the list of its ``micro_batches`` consecutive loader batches.
+
+    The micro-batches left at the end of an epoch (fewer than a step needs) are never loaded, as the
+    loader never loads its incomplete last batch: a run with 2 x 2 micro-batches then sees the very
+    samples (and augmentation random draws) of a run with batch 4.
+    """
+    for _ in range(steps):
+        yield [prefetcher.next() for _ in range(micro_batches)]
+
+
+def create_dataloaders(opt, logger, micro_batches):
+    """Loaders, the sampler, and (steps per epoch, epochs, total steps); a step takes ``micro_batches`` batches."""
     train_loader = train_sampler = None
     val_loaders = []
     for phase, dataset_opt in opt['datasets'].items():
         if phase == 'train':
             enlarge = dataset_opt.get('dataset_enlarge_ratio', 1)
             train_set = build_dataset_checked(dataset_opt, phase)
-            batch = dataset_opt['batch_size_per_gpu'] * opt['world_size']
+            batch = process_batch(opt)[0] * opt['world_size'] * micro_batches
             if len(train_set) * enlarge < batch:
-                raise ConfigError(f"datasets.train: batch_size_per_gpu x world size = {batch} is larger than the "
-                                  f'{len(train_set)} training images (x dataset_enlarge_ratio {enlarge})')
+                raise ConfigError(f'datasets.train: the global batch (batch_size_per_gpu x world size x accumulated '
+                                  f'micro-batches) = {batch} is larger than the {len(train_set)} training images '
+                                  f'(x dataset_enlarge_ratio {enlarge})')
             train_sampler = ResumableSampler(train_set, opt['world_size'], opt['rank'], enlarge)
             train_loader = build_dataloader(train_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                             sampler=train_sampler, seed=opt['manual_seed'])
@@ -86,7 +100,7 @@ def create_dataloaders(opt, logger):
             # training stream (dropout, drop-path) does not depend on where an epoch started. Offset by
             # rank, like the augmentation seeds, so worker torch seeds differ between ranks.
             train_loader.generator = torch.Generator().manual_seed(opt['manual_seed'] + opt['rank'])
-            iters_per_epoch = len(train_loader)  # the last incomplete batch is dropped
+            iters_per_epoch = len(train_loader) // micro_batches  # optimizer steps; incomplete ones are dropped
             total_iters = int(opt['train']['total_iter'])
             total_epochs = math.ceil(total_iters / iters_per_epoch)
             logger.info(f'Training: {len(train_set)} images x{enlarge}, batch {dataset_opt["batch_size_per_gpu"]} per '
@@ -97,7 +111,7 @@ def create_dataloaders(opt, logger):
             val_loaders.append(build_dataloader(val_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                                 sampler=None, seed=opt['manual_seed']))
             logger.info(f'Validation set {dataset_opt["name"]}: {len(val_set)} images.')
-    return train_loader, train_sampler, val_loaders, total_epochs, total_iters
+    return train_loader, train_sampler, val_loaders, (iters_per_epoch, total_epochs, total_iters)
 
 
 def find_resume_state(opt):
@@ -149,11 +163,12 @@ def latest_complete_state(opt):
 def train_pipeline(root_path, argv=None):
     opt, args = parse_options(root_path, is_train=True, argv=argv)
     opt['root_path'] = root_path
-    check_model_and_metrics(opt)
+    micro_batches = micro_batches_per_step(opt)
     check_datasets(opt)
     check_writable_folder(opt['path']['experiments_root'], 'experiment')
     torch.backends.cudnn.benchmark = True
 
+    resolved = copy.deepcopy(opt)  # saved below as the run's options; resuming re-points path.* at the checkpoint
     resume_state = prepare_resume(opt)
     check_checkpoint_path(opt)
     if resume_state is None:
@@ -161,7 +176,7 @@ def train_pipeline(root_path, argv=None):
         if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
             mkdir_and_rename(osp.join(root_path, 'tb_logger', opt['name']))
     if opt['rank'] == 0:  # the only writer: other ranks never touch the experiment folder
-        copy_opt_file(args.opt, opt['path']['experiments_root'])
+        write_resolved_options(resolved, opt['path']['experiments_root'], args.opt)
 
     log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
     logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
@@ -169,13 +184,15 @@ def train_pipeline(root_path, argv=None):
     logger.info(dict2str(opt))
     tb_logger = init_tb_loggers(opt)
 
-    train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_dataloaders(opt, logger)
+    logger.info(describe_global_batch(opt, micro_batches))
+    train_loader, train_sampler, val_loaders, (iters_per_epoch, total_epochs, total_iters) = create_dataloaders(
+        opt, logger, micro_batches)
     model = build_model(opt)
     record_dynamics = build_dynamics_recorder(opt, model, val_loaders, tb_logger)  # no-op unless `analysis`
     start_epoch, skip, current_iter = 0, 0, 0
     if resume_state is not None:
         model.resume_training(resume_state)
-        start_epoch, skip = resume_position(resume_state, len(train_loader))
+        start_epoch, skip = resume_position(resume_state, iters_per_epoch)
         current_iter = resume_state['iter']
         logger.info(f'Resuming training from epoch {start_epoch}, iter {current_iter} ({skip} batches into the '
                     'epoch).')
@@ -197,15 +214,18 @@ def train_pipeline(root_path, argv=None):
     for epoch in range(start_epoch, total_epochs + 1):
         if current_iter >= total_iters:
             break
-        train_sampler.set_epoch(epoch, skip * opt['datasets']['train']['batch_size_per_gpu'])
+        train_sampler.set_epoch(epoch, skip * micro_batches * process_batch(opt)[0])
+        steps = min(iters_per_epoch - skip, total_iters - current_iter)
         skip = 0
         prefetcher.reset()
-        train_data = prefetcher.next()
-        while train_data is not None and current_iter < total_iters:
+        for step_data in global_batches(prefetcher, steps, micro_batches):
             data_timer.record()
-            current_iter += 1
+            current_iter += 1  # one iteration = one optimizer step
             model.update_learning_rate(current_iter, warmup_iter=opt['train'].get('warmup_iter', -1))
-            model.feed_data(train_data)
+            for micro_batch in step_data[:-1]:
+                model.feed_data(micro_batch)
+                model.accumulate_gradients()
+            model.feed_data(step_data[-1])
             model.optimize_parameters(current_iter)
             iter_timer.record()
             record_dynamics(current_iter)  # outside the timed step
@@ -224,7 +244,6 @@ def train_pipeline(root_path, argv=None):
                     model.validation(val_loader, current_iter, tb_logger, val_opt.get('save_img', False))
             data_timer.start()
             iter_timer.start()
-            train_data = prefetcher.next()
 
     logger.info(f'End of training. Time consumed: {datetime.timedelta(seconds=int(time.time() - start_time))}')
     logger.info('Save the latest model.')

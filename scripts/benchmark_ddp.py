@@ -52,6 +52,7 @@ def worker(rank, nproc, port, opt_path, iters, warmup, threads, results):
                           WORLD_SIZE=str(nproc))
         flags = ['--launcher', 'pytorch']
     opt, _ = parse_options(tempfile.gettempdir(), is_train=True, argv=['-opt', opt_path, *flags])
+    opt['train'].pop('global_batch_size', None)  # timed: steps of one batch_size_per_gpu batch, no accumulation
     model = build_model(opt)
     data_opt, chans = opt['datasets']['train'], opt['network_g'].get('in_chans', 3)
     batch, gt_size = data_opt['batch_size_per_gpu'], data_opt['gt_size']

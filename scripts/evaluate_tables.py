@@ -7,18 +7,22 @@ A RUN is a test option file (``options/test/...``: network, checkpoint, test set
 training option file or experiment folder (the test option file of the same stem is looked up
 under ``--test-options``; for a folder its ``models/net_g_latest.pth`` is evaluated), or a
 checkpoint inside an experiment folder. ``LABEL=RUN`` names the backbone as in the paper (e.g.
-``HAT_1=experiments/train_HAT-mini_SRx4_normcmp_iln``); otherwise the official i-LN HAT-mini and
+``HAT_1=experiments/train_HAT-mini_SRx4_iln``); otherwise the official i-LN HAT-mini and
 full HAT sizes are recognised as HAT_1 / HAT_dagger and other sizes are labelled <family>-<dim>x<stages>.
 
 Writes ``tables.md`` and ``tables.csv`` (one row per cell: ours, paper, delta, status) under
 ``--out``: Table 1 (normalisation schemes, x4 SR), Table 2 (LN vs i-LN per task and backbone), SR
-(Set5/Set14/B100/Urban100/Manga109, x2/x3/x4), DN (sigma 15/25/50) and CAR (q 10/20/30/40,
-PSNR/SSIM/PSNR-B). Published values come from docs/paper_results.csv only; a value the paper (or
-that file) lacks stays empty. A missing test set, checkpoint or run is written into its cell.
+(Set5/Set14/B100/Urban100/Manga109, x2/x3/x4), DN (sigma 15/25/50), CAR (q 10/20/30/40,
+PSNR/SSIM/PSNR-B) and Table 8 (the largest feature magnitude during training, from the
+``analysis.jsonl`` of the run's experiment folder; a run whose copied training options set
+``train.grad_clip_norm`` is the ``ln+grad_clip`` row). Published values come from
+docs/paper_results.csv only; a value the paper (or that file) lacks stays empty. A missing test set,
+checkpoint or run is written into its cell.
 """
 import argparse
 import csv
 import inspect
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -31,8 +35,9 @@ from basicsr.data import build_dataloader  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
+from basicsr_iln.analysis import JSONL_NAME  # noqa: E402
 from basicsr_iln.train import build_dataset_checked  # noqa: E402
-from basicsr_iln.utils.checks import check_datasets, check_model_and_metrics  # noqa: E402
+from basicsr_iln.utils.checks import check_datasets  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import load_yaml_file, parse_options  # noqa: E402
 
@@ -41,11 +46,15 @@ PAPER_CSV = REPO / 'docs' / 'paper_results.csv'
 SR_SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
 TABLE1_SETS = ('Set14', 'B100', 'Urban100', 'Manga109')
 CLEAN_SETS = {('DN', 'color'): ('CBSD68', 'Kodak24', 'McMaster', 'Urban100'), ('DN', 'gray'): ('Set12', 'BSD68', 'Urban100'),
-              ('CAR', 'gray'): ('classic5', 'LIVE1'), ('CAR', 'color'): ('LIVE1', )}
+              ('CAR', 'gray'): ('classic5', 'LIVE1'), ('CAR', 'color'): ('LIVE1', 'Urban100')}
 LEVELS = {'SR': (2, 3, 4), 'DN': (15, 25, 50), 'CAR': (10, 20, 30, 40)}
 LEVEL_FORMAT = {'SR': 'x{}', 'DN': 'sigma{}', 'CAR': 'q{}'}
 METRIC_DIGITS = {'psnr': 2, 'ssim': 4, 'psnrb': 2}
 METRIC_NAMES = {'psnr': 'PSNR', 'ssim': 'SSIM', 'psnrb': 'PSNR-B'}
+MAGNITUDE = 'max_feature_magnitude'  # Table 8, from analysis.jsonl; spans 1 to 1e7, so significant digits
+METRIC_FORMATS = {MAGNITUDE: '.3g'}
+DYNAMICS_SET = '-'  # the "test set" column of a training-dynamics value
+GRAD_CLIP = '+grad_clip'  # norm suffix of a run trained with train.grad_clip_norm
 DEGRADED_TASKS = {'GaussianNoiseDataset': ('DN', 'sigma'), 'JPEGCompressionDataset': ('CAR', 'quality')}
 # Paper backbone names of known sizes: the official i-LN release's HAT-mini (HAT_1) and full-size
 # HAT (HAT_dagger), ../shared/reference/README.md and state_dict_layouts.json.
@@ -133,8 +142,33 @@ def missing_folder(dataset_opt):
     return None
 
 
+def experiment_folder(checkpoint):
+    """``experiments/<name>`` of a checkpoint ``experiments/<name>/models/<file>.pth``, else None."""
+    path = Path(checkpoint) if checkpoint else None
+    return path.parent.parent if path is not None and path.parent.name == 'models' else None
+
+
+def trained_with_grad_clip(experiment):
+    """Whether a training option file copied into ``experiment`` sets train.grad_clip_norm: the network
+    options cannot tell Table 8's LN + gradient clipping run from plain LN."""
+    return any((load_yaml_file(str(path)).get('train') or {}).get('grad_clip_norm') is not None
+               for path in sorted(experiment.glob('*.yml')))
+
+
+def largest_magnitude(experiment):
+    """(value, layer name, iteration) of the largest feature magnitude (mean of x^2 of a block or
+    residual-group output, stats.py) over every probe in ``experiment/analysis.jsonl``; None without one."""
+    path = experiment / JSONL_NAME
+    if not path.is_file():
+        return None
+    records = [json.loads(line) for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+    return max(((layer['magnitude'], layer['name'], r['iter']) for r in records for layer in r['layers']),
+               default=None)
+
+
 def evaluate_run(spec, args):
-    """Records {task, colour, level, dataset, backbone, norm, run, metrics or status} of one run."""
+    """Records {task, colour, level, dataset, backbone, norm, run, metrics or status} of one run: one per
+    test set, and one for Table 8 when the run's experiment folder has an analysis.jsonl."""
     label, opt_path, checkpoint = resolve_run(spec, args.test_options)
     opt, _ = parse_options(str(args.out.resolve()), is_train=False, argv=['-opt', str(opt_path)])
     if checkpoint is not None:
@@ -142,6 +176,9 @@ def evaluate_run(spec, args):
     checkpoint = opt['path'].get('pretrain_network_g')
     family, norm, kwargs = network_facts(opt['network_g'])
     label = label or backbone_label(family, kwargs)
+    experiment = experiment_folder(checkpoint)
+    if experiment is not None and trained_with_grad_clip(experiment):
+        norm += GRAD_CLIP
     records, present = [], {}
     for phase, dataset_opt in opt['datasets'].items():
         task, color, level = dataset_task(dataset_opt, opt.get('scale', 1))
@@ -155,10 +192,14 @@ def evaluate_run(spec, args):
         else:
             present[phase] = dataset_opt
         records.append(record)
+    magnitude = experiment and largest_magnitude(experiment)
+    if magnitude:
+        value, layer, it = magnitude
+        records.append(dict(records[0], dataset=DYNAMICS_SET, status='ok', metrics={MAGNITUDE: value},
+                            detail=f'{layer} at iter {it} ({experiment / JSONL_NAME})'))
     if present:
         opt['datasets'] = present
         opt['val'] = dict(opt.get('val') or {}, save_img=False, self_ensemble=args.self_ensemble)
-        check_model_and_metrics(opt)
         check_datasets(opt)
         model = build_model(opt)
         by_name = {r['dataset']: r for r in records}
@@ -203,16 +244,16 @@ class Tables:
                 status = 'ok' if ours is not None else NOT_COMPUTED
         paper = self.paper(task, color, backbone, norm, level, dataset, metric)
         delta = ours - float(paper[0]) if ours is not None and paper else None
-        digits = METRIC_DIGITS.get(metric, 4)
+        spec = METRIC_FORMATS.get(metric, f'.{METRIC_DIGITS.get(metric, 4)}f')
         self.csv_rows.append({
             'table': table, 'task': task, 'color': color, 'backbone': backbone, 'norm': norm,
             'level': self.level_text(task, level), 'dataset': dataset, 'metric': metric,
             'ours': '' if ours is None else f'{ours:.6f}', 'paper': paper[0] if paper else '',
             'paper_table': paper[1] if paper else '', 'delta': '' if delta is None else f'{delta:.6f}',
             'status': status, 'detail': detail, 'run': record['run'] if record else ''})
-        text = f'{ours:.{digits}f}' if ours is not None else f'*{status}*'
+        text = f'{ours:{spec}}' if ours is not None else f'*{status}*'
         if paper:
-            text += f' / {paper[0]} ({delta:+.{digits}f})' if delta is not None else f' / {paper[0]}'
+            text += f' / {paper[0]} ({delta:+{spec}})' if delta is not None else f' / {paper[0]}'
         return text
 
     def published_rows(self, task, keep=lambda key: True):
@@ -240,7 +281,7 @@ def table1(t):
 
 def table2(t):
     """LN vs i-LN per task and backbone: a row per task, backbone, level and test set."""
-    keys = {(task, c, b, lv, d) for task, c, b, n, lv, d in t.ours if n in ('ln', 'iln')}
+    keys = {(task, c, b, lv, d) for task, c, b, n, lv, d in t.ours if n in ('ln', 'iln') and d != DYNAMICS_SET}
     keys |= {(k[0], 'color', k[1], level_of(k[0], k[2]), k[3]) for k in t.published
              if t.published[k][1] == '2' and k[5] in ('psnr', 'ssim')}
     header = ['task', 'colour', 'backbone', 'level', 'test set'] + [
@@ -272,10 +313,24 @@ def restoration_table(t, task, metrics):
     return title[task], markdown(header, rows)
 
 
+def table8(t):
+    """Largest feature magnitude during training: a row per task, backbone, norm and level."""
+    keys = {(task, c, b, n, lv) for task, c, b, n, lv, d in t.ours if d == DYNAMICS_SET}
+    keys |= {(k[0], 'color', k[1], k[4], level_of(k[0], k[2])) for k in t.published if k[5] == MAGNITUDE}
+    header = ['task', 'colour', 'backbone', 'norm', 'level', 'max feature magnitude']
+    rows = [[task, c, b, n, t.level_text(task, lv), t.cell('8', task, c, b, n, lv, DYNAMICS_SET, MAGNITUDE)]
+            for task, c, b, n, lv in sorted(keys, key=str)]
+    caption = ("Feature magnitude as in the paper's Fig. 1: the mean of x^2 over a probe batch (analysis.jsonl's "
+               '`magnitude`); the largest over every probe of the run and every recorded Transformer-block and '
+               'residual-group output (which one and when: tables.csv). Runs need an `analysis` section; '
+               f'`ln{GRAD_CLIP}`: trained with `train.grad_clip_norm`.')
+    return '## Table 8: max feature magnitude during training', [caption, ''] + markdown(header, rows)
+
+
 def write_tables(records, published, out, command, self_ensemble):
     t = Tables(records, published)
     sections = [table1(t), table2(t), sr_table(t), restoration_table(t, 'DN', ('psnr', 'ssim')),
-                restoration_table(t, 'CAR', ('psnr', 'ssim', 'psnrb'))]
+                restoration_table(t, 'CAR', ('psnr', 'ssim', 'psnrb')), table8(t)]
     legend = [
         f'Command: `{command}`', '',
         f"Each cell: ours / paper (ours - paper); paper values from docs/paper_results.csv (the paper's table "

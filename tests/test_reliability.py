@@ -219,7 +219,7 @@ def test_nan_gradient_is_named(model, warnings):
     weight.register_hook(lambda grad: grad * float('nan'))
     before = snapshot(model)
     train_step(model, 1)
-    assert 'non-finite gradients at iter 1' in warnings.text
+    assert 'non-finite gradients at iter 1 (1 in a row, first in conv_first.weight); step skipped' in warnings.text
     assert same(snapshot(model)['net'], before['net'])
 
 

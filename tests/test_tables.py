@@ -1,5 +1,5 @@
 """scripts/evaluate_tables.py on a tiny real run: Set5 evaluated, published values from docs/paper_results.csv,
-a missing test set and a missing checkpoint reported in their cells."""
+a missing test set and a missing checkpoint reported in their cells; Table 8 from synthetic analysis.jsonl files."""
 import csv
 import json
 import subprocess
@@ -10,10 +10,11 @@ import pytest
 from helpers import REPO, SHARED_DATASETS, eval_options_from_train, run_cli, tiny_train_options, write_yaml
 
 sys.path.insert(0, str(REPO / 'scripts' / 'data_preparation'))
+sys.path.insert(0, str(REPO / 'scripts'))
+import evaluate_tables  # noqa: E402
 import prepare_sr  # noqa: E402
 
 SET5 = SHARED_DATASETS / 'sr' / 'Set5'
-pytestmark = pytest.mark.skipif(not SET5.is_dir(), reason='needs ../shared/datasets/sr/Set5')
 
 
 def published(table, backbone, level, dataset, norm, metric):
@@ -29,6 +30,7 @@ def sr_test_set(root, name):
                 dataroot_lq=str(root / name / 'LR_bicubic' / 'X2'), io_backend={'type': 'disk'})
 
 
+@pytest.mark.skipif(not SET5.is_dir(), reason='needs ../shared/datasets/sr/Set5')
 def test_tables_from_a_tiny_real_run(tiny_sr_data, tmp_path):
     sr_root = tmp_path / 'datasets' / 'SR'
     prepare_sr.bicubic([str(SET5)], str(sr_root / 'Set5'), scales=[2], per_scale=True)
@@ -87,3 +89,48 @@ def test_tables_from_a_tiny_real_run(tiny_sr_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     [record] = [json.loads(line) for line in (tmp_path / 'results' / 'cli_check' / 'metrics.jsonl').open()]
     assert record['psnr'] == pytest.approx(float(psnr['ours']), abs=1e-6)
+
+
+def experiment_with_dynamics(root, name, norm_type, probes, grad_clip_norm=None):
+    """An experiment folder as a training run with ``analysis`` leaves it (copied training options, a
+    checkpoint, analysis.jsonl with group magnitudes ``probes`` = {iter: [per layer]}), and its test options."""
+    exp = root / 'experiments' / f'train_{name}'
+    (exp / 'models').mkdir(parents=True)
+    (exp / 'models' / 'net_g_latest.pth').touch()  # never loaded: its test set is missing
+    write_yaml(exp / f'train_{name}.yml', {'name': f'train_{name}', 'train': {'grad_clip_norm': grad_clip_norm}})
+    records = [{'iter': it, 'norm_type': norm_type,
+                'layers': [{'name': f'layers.{g}', 'kind': 'group', 'magnitude': m} for g, m in enumerate(values)]}
+               for it, values in probes.items()]
+    (exp / 'analysis.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+    test_set = dict(sr_test_set(root / 'absent', 'Set14'), dataroot_lq=str(root / 'absent' / 'LR'))
+    write_yaml(root / 'test_options' / f'test_{name}.yml', {
+        'name': f'test_{name}', 'model_type': 'IRModel', 'scale': 4, 'num_gpu': 0, 'datasets': {'test_1': test_set},
+        'network_g': {'type': 'HAT', 'norm_type': norm_type, 'upscale': 4}, 'path': {'pretrain_network_g': None},
+        'val': {'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True}}}})
+    return exp
+
+
+def test_table8_reports_the_largest_feature_magnitude_of_each_run(tmp_path):
+    (tmp_path / 'test_options').mkdir()
+    runs = [experiment_with_dynamics(tmp_path, 'ln', 'ln', {1: [4.0, 9.0], 500: [2e4, 7.5e5], 1000: [3e4, 6e5]}),
+            experiment_with_dynamics(tmp_path, 'clip', 'ln', {1: [4.0, 9.0], 1000: [5e5, 1e5]}, grad_clip_norm=0.01),
+            experiment_with_dynamics(tmp_path, 'iln', 'iln', {1: [0.3, 1.1], 1000: [0.2, 0.9]})]
+    out = tmp_path / 'tables'
+    evaluate_tables.main([*(f'HAT_1={exp}' for exp in runs), '--test-options', str(tmp_path / 'test_options'),
+                          '--out', str(out)])
+    with open(out / 'tables.csv', encoding='utf-8') as f:
+        rows = [r for r in csv.DictReader(f) if r['table'] == '8']
+    cells = {r['norm']: r for r in rows}
+    assert sorted(cells) == ['iln', 'ln', 'ln+grad_clip']
+    assert [(r['backbone'], r['level'], r['dataset'], r['status']) for r in rows] == [('HAT_1', 'x4', '-', 'ok')] * 3
+    assert {n: float(r['ours']) for n, r in cells.items()} == {'ln': 7.5e5, 'ln+grad_clip': 5e5, 'iln': 1.1}
+    assert {n: r['paper'] for n, r in cells.items()} == {'ln': '5.8e6', 'ln+grad_clip': '5.6e6', 'iln': '1.2'}
+    assert cells['ln']['detail'].startswith('layers.1 at iter 500 (')
+    assert float(cells['iln']['delta']) == pytest.approx(1.1 - 1.2)
+
+    text = (out / 'tables.md').read_text()
+    assert '## Table 8: max feature magnitude during training' in text and 'the mean of x^2' in text
+    assert '| SR | color | HAT_1 | ln | x4 | 7.5e+05 / 5.8e6 (-5.05e+06) |' in text
+    # The clipped run's test sets are its own rows too, not the plain LN run's.
+    assert '| HAT_1 | ln+grad_clip | x4 | *not in the test options* | *not in the test options* | *missing test set* |' \
+           in text

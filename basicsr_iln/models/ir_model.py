@@ -3,6 +3,8 @@
 What it changes, and why:
 * networks are built with a clear error for unknown types / bad keyword arguments;
 * DDP works on CPU (gloo) as well as on GPUs (BasicSR passes a CUDA device id unconditionally);
+  ``train.sync_bn`` (default true) makes BatchNorm layers use all processes' batch statistics;
+* the EMA network also averages BatchNorm running statistics (``model_ema``);
 * checkpoints load with ``weights_only=True`` from any released layout, with one clear mismatch
   error, and are written atomically; training states also hold the RNG states, so a resumed run
   continues the same random streams;
@@ -10,16 +12,22 @@ What it changes, and why:
 * option ``compile`` (true, or torch.compile arguments) compiles the trained network; checkpoints,
   EMA and evaluation use the original module, so saved keys and test-time shapes are unaffected;
 * ``val.self_ensemble: true`` averages the outputs for the 8 flips/rotations at test time;
-* a non-finite loss or gradient is detected, logged with the iteration and the loss name, and the
-  step skipped; ``train.nonfinite_patience`` consecutive cases stop training with a clear error,
+* a non-finite loss or gradient is detected (one total-norm reduction per step), logged with the
+  iteration and the loss name (or the first parameter with a non-finite gradient), and the step
+  skipped; ``train.nonfinite_patience`` consecutive cases stop training with a clear error,
   so no checkpoint with NaN weights is ever written;
+* ``train.grad_clip_norm`` clips the total gradient norm (logged as ``grad_norm`` before clipping);
+  ``train.global_batch_size`` accumulates several micro-batches per optimizer step
+  (``accumulate_gradients``, then ``optimize_parameters``; see utils/batching.py);
 * test-time inference uses the EMA network if present (our architectures pad to the window
   multiple and crop back themselves); every validation appends its metrics to ``metrics.jsonl``
   in the experiment / results folder, for summaries and tables;
 * under DDP, validation/testing is split across ranks and gathered (see ``validation``), the
   non-finite decision is shared by all ranks, and every rank's RNG states are saved and restored.
 """
+import contextlib
 import json
+import math
 import os
 import random
 from collections import OrderedDict
@@ -40,10 +48,13 @@ from torch.utils.data import default_collate
 from tqdm import tqdm
 
 from basicsr_iln.analysis.precision import PrecisionNetwork
+from basicsr_iln.archs.norms import BatchNorm
+from basicsr_iln.utils.batching import micro_batches_per_step
 from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights, prune_checkpoints
 from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 from basicsr_iln.utils.inference import restore
+from basicsr_iln.utils.schema import resolve_option
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -54,18 +65,41 @@ def precision_dtype(name, key):
     return PRECISIONS[name]
 
 
-COMPILE_KEYS = ('backend', 'mode', 'fullgraph', 'dynamic', 'options')
+def sync_bn_option(train_opt):
+    """``train.sync_bn`` (default true): under DDP, BatchNorm uses the batch statistics of all processes."""
+    value = train_opt.get('sync_bn', True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"option 'train.sync_bn' must be true or false, got {value!r} ({type(value).__name__})")
+    return value
 
 
 def compile_network(net, compile_opt):
-    """``torch.compile(net, **kwargs)`` for option ``compile: true`` or ``compile: {backend: eager, ...}``."""
+    """``torch.compile(net, **kwargs)`` for option ``compile: true`` or ``compile: {backend: eager, ...}``
+    (checked against the schema here too: the model may get options that never went through the CLI)."""
     if compile_opt is False or compile_opt is None:
         return net
-    kwargs = {} if compile_opt is True else compile_opt
-    if not isinstance(kwargs, dict) or set(kwargs) - set(COMPILE_KEYS):
-        raise ConfigError(f"option 'compile' must be true/false or a mapping with keys among {', '.join(COMPILE_KEYS)}"
-                          f' (torch.compile arguments), got {compile_opt!r}')
-    return torch.compile(net, **kwargs)
+    kwargs = resolve_option('compile', compile_opt)
+    return torch.compile(net, **({} if kwargs is True else kwargs))
+
+
+def grad_clip_option(train_opt):
+    """``train.grad_clip_norm`` as a float, or None (absent or null: no clipping)."""
+    value = train_opt.get('grad_clip_norm')
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ConfigError(f"option 'train.grad_clip_norm' must be a positive finite number (or null: off), "
+                          f'got {value!r} ({type(value).__name__})')
+    return float(value)
+
+
+def total_norm(tensors):
+    """L2 norm of all ``tensors`` together in one fused reduction, without a host sync: a per-tensor
+    check is one kernel and one sync per parameter (862 for HAT). Non-finite if any element is (or if
+    the norm overflows float32, which needs elements of ~1e19: no usable step has them)."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
 def build_network_checked(net_opt):
@@ -122,6 +156,10 @@ class IRModel(SRModel):
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_dtype == torch.float16)
         self.nonfinite_patience = int(train_opt.get('nonfinite_patience', 10))
         self.nonfinite_streak = 0
+        self.grad_clip_norm = grad_clip_option(train_opt)
+        self.micro_batches = micro_batches_per_step(self.opt)
+        self.accumulated = 0  # micro-batches of the coming step whose gradients are already summed
+        self.step_losses = OrderedDict()
 
     def compute_losses(self):
         """Forward pass and the weighted losses, as an ordered dict name -> loss tensor."""
@@ -136,15 +174,42 @@ class IRModel(SRModel):
                     losses[name] = value
         return losses
 
-    def optimize_parameters(self, current_iter):
-        self.optimizer_g.zero_grad(set_to_none=True)
+    def accumulate_gradients(self):
+        """Forward/backward of the fed micro-batch, adding its gradients to the coming step's: with
+        ``train.global_batch_size``, train.py calls this for all but the last micro-batch of a step and
+        ``optimize_parameters`` for the last. Under DDP the gradients stay local meanwhile (``no_sync``),
+        so the step costs one all-reduce, as without accumulation."""
+        local = self.net_g.no_sync() if isinstance(self.net_g, DistributedDataParallel) else contextlib.nullcontext()
+        with local:
+            self._backward_micro_batch()
+
+    def _backward_micro_batch(self):
+        """Each loss is divided by the number of micro-batches, so that for mean-reduced losses the summed
+        gradients (and the logged losses) are those of one batch as large as the global batch."""
+        if self.accumulated == 0:
+            self.optimizer_g.zero_grad(set_to_none=True)
+            self.step_losses = OrderedDict()
         autocast = self.train_dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.train_dtype, enabled=autocast):
             losses = self.compute_losses()
-        total = sum(losses.values())
-        self.grad_scaler.scale(total).backward()
+        self.grad_scaler.scale(sum(losses.values()) / self.micro_batches).backward()
+        for name, value in losses.items():
+            self.step_losses[name] = self.step_losses.get(name, 0) + value.detach() / self.micro_batches
+        self.accumulated += 1
+
+    def optimize_parameters(self, current_iter):
+        """Backward of the fed (last) micro-batch, then one optimizer step on the summed gradients: unscale
+        (fp16), non-finite check, clipping (``train.grad_clip_norm``), step, EMA."""
+        if self.accumulated != self.micro_batches - 1:
+            raise RuntimeError(f'optimize_parameters after {self.accumulated} accumulate_gradients calls: a step '
+                               f'of {self.micro_batches} micro-batches needs {self.micro_batches - 1}')
+        self._backward_micro_batch()
+        self.accumulated = 0
+        losses = self.step_losses
         self.grad_scaler.unscale_(self.optimizer_g)
-        bad = self._nonfinite(losses)
+        grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
+        grad_norm = float(total_norm(grads))  # the one host sync of the check
+        bad = self._nonfinite(losses, grad_norm)
         if bad == ['gradients'] and self.grad_scaler.is_enabled():
             # fp16 overflow of the scaled gradients is routine: the scaler skips the step and backs off.
             self.grad_scaler.step(self.optimizer_g)
@@ -153,21 +218,24 @@ class IRModel(SRModel):
             self._skip_nonfinite_step(current_iter, bad)
         else:
             self.nonfinite_streak = 0
+            if self.grad_clip_norm is not None and grad_norm > self.grad_clip_norm:
+                torch._foreach_mul_(grads, self.grad_clip_norm / (grad_norm + 1e-6))  # clip_grad_norm_'s factor
             self.grad_scaler.step(self.optimizer_g)
             self.grad_scaler.update()
             if self.ema_decay > 0:
                 self.model_ema(decay=self.ema_decay)
         self.log_dict = self.reduce_loss_dict(losses)
+        self.log_dict['grad_norm'] = grad_norm  # before clipping; under DDP, of the all-reduced gradients
 
-    def _nonfinite(self, losses):
-        """Names of the non-finite losses, else ['gradients'] if a gradient is non-finite, else [].
+    def _nonfinite(self, losses, grad_norm):
+        """Names of the non-finite losses, else ['gradients'] if ``grad_norm`` (the total gradient norm)
+        is non-finite, else [].
 
         Under DDP this is the worst case over all ranks, so that every rank skips, rescales (fp16) and
         counts the streak alike: otherwise ranks would diverge, or one would stop while the others wait.
         """
         bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
-        level = 2 if bad else int(not all(torch.isfinite(p.grad).all() for p in self.net_g.parameters()
-                                          if p.grad is not None))
+        level = 2 if bad else int(not math.isfinite(grad_norm))
         if self.opt['dist']:
             worst = torch.tensor(level, device=self.device)
             dist.all_reduce(worst, op=dist.ReduceOp.MAX)
@@ -176,11 +244,20 @@ class IRModel(SRModel):
             return bad or ['a loss on another rank']
         return ['gradients'] if level == 1 else []
 
+    def _first_nonfinite_gradient(self):
+        """Name of the first parameter whose gradient is non-finite (searched only once a step is skipped)."""
+        return next((name for name, p in self.get_bare_model(self.net_g).named_parameters()
+                     if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+
     def _skip_nonfinite_step(self, current_iter, bad):
         self.nonfinite_streak += 1
+        where = ''
+        if bad == ['gradients']:
+            name = self._first_nonfinite_gradient()
+            where = f', first in {name}' if name else ', finite but their total norm overflows float32'
         self.optimizer_g.zero_grad(set_to_none=True)
         message = (f'non-finite {", ".join(bad)} at iter {current_iter} '
-                   f'({self.nonfinite_streak} in a row); step skipped')
+                   f'({self.nonfinite_streak} in a row{where}); step skipped')
         get_root_logger().warning(message)
         if self.nonfinite_streak >= self.nonfinite_patience:
             raise NonFiniteTrainingError(f'{message}; stopping after {self.nonfinite_patience} consecutive '
@@ -188,7 +265,13 @@ class IRModel(SRModel):
                                          'checkpoint on disk is from before the divergence.')
 
     def model_to_device(self, net):
-        net = compile_network(net.to(self.device), self.opt.get('compile', False))
+        net = net.to(self.device)
+        if self.is_train and sync_bn_option(self.opt['train']) and self.opt['dist']:
+            synchronized = BatchNorm.synchronize(net)
+            if synchronized:
+                get_root_logger().info(f'train.sync_bn: {synchronized} BatchNorm layers use the batch statistics '
+                                       f"of all {self.opt['world_size']} processes.")
+        net = compile_network(net, self.opt.get('compile', False))
         if self.opt['dist']:
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
             net = DistributedDataParallel(
@@ -201,6 +284,25 @@ class IRModel(SRModel):
         """Also unwraps torch.compile: checkpoints, EMA and evaluation use the original module."""
         net = super().get_bare_model(net)
         return getattr(net, '_orig_mod', net)
+
+    @torch.no_grad()
+    def model_ema(self, decay=0.999):
+        """``net_g_ema = decay * net_g_ema + (1 - decay) * net_g`` for the parameters AND the floating-point
+        buffers; other buffers (BatchNorm's num_batches_tracked) are copied; ``decay=0`` copies everything.
+
+        BasicSR averages parameters only, which leaves the EMA network's BatchNorm statistics at 0/1 while
+        validation and testing run that network. Averaging them with the weights' decay (as timm's
+        ModelEmaV2/V3) makes them describe the same window of iterates as the averaged weights.
+        """
+        net_g = self.get_bare_model(self.net_g)
+        sources = {**dict(net_g.named_parameters()), **dict(net_g.named_buffers())}
+        averaged, copied = [], []
+        for name, tensor in (*self.net_g_ema.named_parameters(), *self.net_g_ema.named_buffers()):
+            (averaged if tensor.is_floating_point() else copied).append((tensor, sources[name]))
+        ema_tensors, net_tensors = zip(*averaged)
+        torch._foreach_lerp_(list(ema_tensors), list(net_tensors), 1 - decay)
+        for tensor, source in copied:
+            tensor.copy_(source)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         net = self.get_bare_model(net)

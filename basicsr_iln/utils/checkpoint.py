@@ -6,6 +6,7 @@ import tempfile
 from os import path as osp
 
 import torch
+from basicsr.utils import get_root_logger
 
 from .errors import ConfigError
 
@@ -51,20 +52,32 @@ def _first(items, n=5):
 
 def load_weights(net, path, param_key='params', strict=True, arch_desc=None):
     """Load a checkpoint into ``net``; a key/shape mismatch raises one error listing the first
-    missing, unexpected and mis-shaped keys and the architecture that was built."""
+    missing, unexpected and mis-shaped keys and the architecture that was built.
+
+    ``strict=False`` is for fine-tuning across scales (HAT and the official i-LN release start x3/x4
+    from the x2 model): as in BasicSR, keys that are missing, unexpected or mis-shaped (the upsampler)
+    are skipped with a warning; it is still an error when most of the network would stay untouched,
+    which means the checkpoint is of another architecture."""
     state = extract_state_dict(load_checkpoint_file(path), path, param_key)
     own = net.state_dict()
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
     misshaped = {k for k in set(own) & set(state) if own[k].shape != state[k].shape}
-    if misshaped or (strict and (missing or unexpected)):
+    loaded = len(own) - len(missing) - len(misshaped)
+    if (strict and (misshaped or missing or unexpected)) or (not strict and loaded < len(own) / 2):
         shapes = [f'{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}' for k in sorted(misshaped)]
-        differing = misshaped | (missing | unexpected if strict else set())
+        differing = misshaped | missing | unexpected
         hint = ('. Only the upsampler differs: the checkpoint is for another scale (check scale and '
                 'network_g.upscale)' if all(k.startswith('upsample.') for k in differing) else '')
+        hint += '' if strict else f' (strict_load_g false, but only {loaded} of {len(own)} entries would load)'
         raise ConfigError(f'checkpoint {path} does not fit the network {arch_desc or type(net).__name__}: '
                           f'missing keys: {_first(missing)}; unexpected keys: {_first(unexpected)}; '
                           f'mis-shaped (checkpoint vs network): {_first(shapes, 3)}{hint}')
+    if not strict and (missing or unexpected or misshaped):
+        get_root_logger().warning(f'Loading {path} with strict_load_g false: {loaded} of {len(own)} entries '
+                                  f'loaded; left as initialised: {_first(missing | misshaped)}; ignored from '
+                                  f'the checkpoint: {_first(unexpected | misshaped)}')
+        state = {k: v for k, v in state.items() if k not in misshaped}
     net.load_state_dict(state, strict=strict)
     return state
 

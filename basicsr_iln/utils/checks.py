@@ -1,25 +1,15 @@
 """Pre-flight checks of dataset options and files, so bad data fails before training starts, with
 the option key or the file named (BasicSR would fail later with an assertion or a shape error)."""
+import glob
 import os
+import re
 from os import path as osp
 
-from basicsr.utils.registry import DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError
-from .options import did_you_mean
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-
-
-def _registered(registry):
-    return sorted(name for name, _ in registry)
-
-
-def check_registered(kind, name, registry, where):
-    if name not in registry:
-        valid = _registered(registry)
-        raise ConfigError(f"unknown {kind} '{name}' at {where}.{did_you_mean(name, valid)} Valid: {', '.join(valid)}")
 
 
 def list_images(folder, key):
@@ -91,11 +81,10 @@ def _check_paired(dataset_opt, where, scale):
 
 
 def check_datasets(opt):
-    """Registered types, existing non-empty folders of readable 8-bit images at least ``gt_size`` big, channels
-    matching the network, and for paired folders: counts, names and sizes."""
+    """Existing non-empty folders of readable 8-bit images at least ``gt_size`` big, channels matching the
+    network, and for paired folders: counts, names and sizes (the option keys and types: schema.py)."""
     for phase, dataset_opt in opt['datasets'].items():
         where = f'datasets.{phase}'
-        check_registered('dataset type', dataset_opt['type'], DATASET_REGISTRY, f'{where}.type')
         backend = (dataset_opt.get('io_backend') or {}).get('type', 'disk')
         for key in ('dataroot_gt', 'dataroot_lq'):
             if key in dataset_opt and dataset_opt[key] is None:
@@ -105,7 +94,7 @@ def check_datasets(opt):
         if backend != 'disk':
             continue
         if dataset_opt.get('dataroot_gt') and dataset_opt.get('dataroot_lq'):
-            _check_paired(dataset_opt, where, opt.get('scale', 1))
+            _check_paired(dataset_opt, where, opt['scale'])
         else:
             for key in ('dataroot_gt', 'dataroot_lq'):
                 for name in list_images(dataset_opt[key], f'{where}.{key}') if dataset_opt.get(key) else []:
@@ -134,10 +123,19 @@ def _check_channels(net_opt, dataset_opt, where):
 
 
 def check_checkpoint_path(opt):
-    """``path.pretrain_network_g``, if set, must be a file: fail before any folder is created."""
+    """``path.pretrain_network_g``, if set, must be a file: fail before any folder is created. A fine-tuning
+    file (x4 from x2, a noise level from another) names the run that writes the checkpoint."""
     path = opt['path'].get('pretrain_network_g')
-    if path and not osp.isfile(path):
-        raise ConfigError(f'checkpoint not found: {path} (option path.pretrain_network_g)')
+    if not path or osp.isfile(path):
+        return
+    what = 'is a folder, not a checkpoint file' if osp.isdir(path) else 'not found'
+    parent = re.search(r'experiments/([^/]+)/models/[^/]+$', path.replace(osp.sep, '/'))
+    hint = ''
+    if parent and not osp.isdir(path):
+        options = sorted(glob.glob(osp.join('options', 'train', '*', f'{parent.group(1)}.yml')))
+        how = f'python basicsr_iln/train.py -opt {options[0]}' if options else f'the training run {parent.group(1)}'
+        hint = f': it is written by {parent.group(1)}; run that first ({how})'
+    raise ConfigError(f'checkpoint {what}: {path} (option path.pretrain_network_g){hint}')
 
 
 def check_writable_folder(folder, what):
@@ -151,9 +149,3 @@ def check_writable_folder(folder, what):
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot create the {what} folder {folder}: '{parent}' is not writable "
                           '(set BASICSR_ILN_ROOT or run from a writable folder)')
-
-
-def check_model_and_metrics(opt):
-    check_registered('model_type', opt['model_type'], MODEL_REGISTRY, 'model_type')
-    for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
-        check_registered('metric type', metric.get('type'), METRIC_REGISTRY, f'val.metrics.{name}.type')
