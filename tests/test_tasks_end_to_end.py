@@ -45,9 +45,13 @@ def load_plain(rel):
 
 
 def tiny_train_options(rel, name, train_root, val_root):
-    """The generated training file `rel`, with its data, network size and schedule shrunk."""
+    """The generated training file `rel`, with its data, network size, batch and schedule shrunk, from scratch
+    (fine-tuning chains are tested in test_protocol.py)."""
     opt = load_plain(rel)
     opt.update(name=name, num_gpu=0)
+    opt['path'].update(pretrain_network_g=None, strict_load_g=True)
+    opt['path'].pop('param_key_g', None)
+    opt['train']['global_batch_size'] = 2
     patch = PATCH_WINDOWS * opt['network_g']['window_size']
     opt['network_g'].update(TINY_NET, img_size=patch)
     train, val = opt['datasets']['train'], opt['datasets']['val']
