@@ -1,4 +1,7 @@
 """Test helpers: tiny real-image datasets, tiny option files, and running the real CLIs in a subprocess."""
+import functools
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +15,16 @@ from basicsr.utils.matlab_functions import imresize
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / 'shared' / 'datasets'
+SHARED_LAYOUTS = REPO.parent / 'shared' / 'reference' / 'state_dict_layouts.json'
+# A copy of ../shared/reference/state_dict_layouts.json (keys, shapes and kwargs of the released checkpoints
+# of SwinIR, HAT, DRCT and the official i-LN release; no weights), so the layout tests run on any clone.
+LAYOUTS_COPY = REPO / 'tests' / 'data' / 'state_dict_layouts.json.gz'
+
+
+@functools.lru_cache(maxsize=None)
+def reference_layouts():
+    """{entry: {type, kwargs, num_params, state_dict: {key: shape}}} of every released configuration."""
+    return json.loads(gzip.decompress(LAYOUTS_COPY.read_bytes()))
 
 
 def real_photos():

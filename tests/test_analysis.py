@@ -187,6 +187,7 @@ def analysed_run(tiny_sr_data, tmp_path_factory):
     return work, opt
 
 
+@pytest.mark.slow
 def test_training_cli_records_dynamics_and_plot_script_writes_figures(analysed_run):
     work, _ = analysed_run
     exp = work / 'experiments' / 'dyn_ln'
@@ -210,6 +211,7 @@ def test_training_cli_records_dynamics_and_plot_script_writes_figures(analysed_r
         assert f"→ {final[kind + '_magnitude_max']:.4g} (" in summary
 
 
+@pytest.mark.slow
 def test_test_cli_evaluates_each_precision(analysed_run):
     work, train_opt = analysed_run
     checkpoint = work / 'experiments' / 'dyn_ln' / 'models' / 'net_g_latest.pth'

@@ -1,16 +1,19 @@
 """Bad inputs to the real train/test CLIs: each run exits non-zero with one ``error:`` line that names
 the culprit (option key, file, expected vs actual) and prints no Python traceback.
 
-Every case is a real CLI subprocess. Each spends seconds importing torch before it fails, so the
-runs are started together, (cores + 1) at a time (the ``outcomes`` fixture), and each test waits
-for its own.
+Every case runs the real CLI's ``main`` in a CLI process. Importing torch and BasicSR costs about ten
+seconds a process, so the failing cases share (cores + 1) processes (``cli_batch.py``, started together
+by the ``outcomes`` fixture); the runs that train or must crash get one process each.
 
 Decided behaviours: 16-bit and alpha images are refused (BasicSR's OpenCV reader would silently cut
 them to 8-bit RGB); gray images are accepted by an RGB network (read as 3 equal channels:
 ``test_gray_images_train_an_rgb_network``); a 1-channel network needs ``color: y`` on its datasets.
 """
+import json
 import os
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,9 @@ import torch
 import yaml
 
 from basicsr_iln.models.ir_model import build_network_checked
-from helpers import eval_options_from_train, run_cli, tiny_train_options
+from helpers import REPO, cli_command, eval_options_from_train, run_cli, tiny_train_options
+
+pytestmark = pytest.mark.slow  # every test here runs real CLIs or several processes
 
 CHECKPOINT = 'net.pth'  # a valid checkpoint of the tiny network, in every test-CLI case folder
 
@@ -291,7 +296,7 @@ def prepare(case, base_dir, data, checkpoint, extra_args=()):
 @pytest.fixture(scope='module')
 def outcomes(tiny_sr_data, tmp_path_factory):
     """{case id: Future of (case folder, CompletedProcess)} for every case, plus the ``--traceback`` and
-    gray-data runs; all started at once on a pool of (cores + 1) workers."""
+    gray-data runs (in processes of their own); all started at once."""
     base = tmp_path_factory.mktemp('bad_inputs')
     checkpoint = base / CHECKPOINT
     net_opt = tiny_train_options(tiny_sr_data, 'net')['network_g']
@@ -301,13 +306,46 @@ def outcomes(tiny_sr_data, tmp_path_factory):
     jobs['traceback'] = prepare(traceback_case, base, tiny_sr_data, checkpoint, extra_args=['--traceback'])
     jobs['gray'] = prepare(Case('gray', 'train', gray_training_data, ()), base, tiny_sr_data, checkpoint)
 
-    def start(args, kwargs):
-        return args[2], run_cli(*args, **kwargs)
-
-    pool = ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) + 1)
-    futures = {name: pool.submit(start, *job) for name, job in jobs.items()}
+    alone = {name: jobs.pop(name) for name in ('traceback', 'gray')}
+    workers = (os.cpu_count() or 1) + 1
+    pool = ThreadPoolExecutor(max_workers=workers)
+    names = list(jobs)
+    shards = [names[i::workers] for i in range(workers)]
+    shard_results = [pool.submit(run_batch, [jobs[n] for n in shard], base / f'batch{i}.json')
+                     for i, shard in enumerate(shards)]
+    futures = {name: pool.submit(lambda job: (job[0][2], run_cli(*job[0], **job[1])), job)
+               for name, job in alone.items()}
+    futures.update({name: BatchOutcome(shard_results[i], shard.index(name), jobs[name][0][2])
+                    for i, shard in enumerate(shards) for name in shard})
     yield futures
     pool.shutdown(cancel_futures=True)
+
+
+def run_batch(jobs, jobs_file):
+    """Run ``jobs`` (``prepare``'s run_cli arguments) in one cli_batch.py process: [CompletedProcess]."""
+    specs = []
+    for (script, opt_path, workdir, *extra), kwargs in jobs:
+        specs.append({'script': script, 'argv': ['-opt', str(opt_path), *map(str, extra)], 'cwd': str(workdir),
+                      'root': str(kwargs['root'] or workdir)})
+    jobs_file.write_text(json.dumps(specs))
+    env = cli_command('train', jobs_file, jobs_file.parent)[1]  # the CLI's environment (threads, PYTHONPATH)
+    done = subprocess.run([sys.executable, str(REPO / 'tests' / 'cli_batch.py'), str(jobs_file)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(Path(f'{jobs_file}.out').read_text())
+    return [subprocess.CompletedProcess(spec['argv'], r['returncode'], r['stdout'], r['stderr'])
+            for spec, r in zip(specs, results)]
+
+
+@dataclass
+class BatchOutcome:
+    """A case's (case folder, CompletedProcess) from its batch, with a Future's ``result()``."""
+    batch: object
+    index: int
+    folder: Path
+
+    def result(self):
+        return self.folder, self.batch.result()[self.index]
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])

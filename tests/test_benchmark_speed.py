@@ -4,9 +4,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO
 
 
+@pytest.mark.slow
 def test_benchmark_prints_all_variants_ratios_and_block_halves(tmp_path):
     out = tmp_path / 'bench.md'
     # Threads and the benchmark's global torch settings stay in the child process.
@@ -24,6 +27,7 @@ def test_benchmark_prints_all_variants_ratios_and_block_halves(tmp_path):
     assert re.search(r'^\| \(1, 64, 12\) \|( [\d.]+ \|){6}$', text, re.M)
 
 
+@pytest.mark.slow
 def test_bad_block_shape_is_named():
     result = subprocess.run([sys.executable, str(REPO / 'scripts' / 'benchmark_speed.py'), '--block-shapes', '2x3'],
                             capture_output=True, text=True, timeout=120)

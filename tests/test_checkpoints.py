@@ -76,6 +76,7 @@ def test_non_weight_files_are_refused(tmp_path):
         load_weights(build(TINY_HAT), str(tmp_path / 'truncated.pth'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('network', [TINY_HAT, TINY_DRCT], ids=['HAT_iLN', 'DRCT_iLN'])
 def test_cli_round_trip(tiny_sr_data, tmp_path, network):
     """Train 2 iterations with the real train CLI, then evaluate the saved checkpoint with the test CLI:

@@ -1,6 +1,7 @@
 """The real train and test CLIs on tiny real images: checkpoints, metrics and restored images appear."""
 import json
 
+import pytest
 import torch
 
 from helpers import eval_options_from_train, run_cli, tiny_train_options, write_yaml
@@ -10,6 +11,7 @@ def read_metrics(folder):
     return [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_then_test_cli(tiny_sr_data, tmp_path):
     opt = tiny_train_options(tiny_sr_data, 'e2e_iln', norm_type='iln', total_iter=4)
     result = run_cli('train', write_yaml(tmp_path / 'train.yml', opt), tmp_path)

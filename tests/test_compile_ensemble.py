@@ -19,6 +19,7 @@ def read_metrics(folder):
     return [json.loads(line) for line in (folder / 'metrics.jsonl').read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_compiled_training_then_self_ensemble_testing(tiny_sr_data, tmp_path):
     opt = tiny_train_options(tiny_sr_data, 'compiled', norm_type='iln', total_iter=2)
     opt['compile'] = {'backend': 'eager'}

@@ -40,6 +40,7 @@ def report(tmp_path_factory):
 RUNS = [f'cpu_dynamics_{arch}_{norm}_x2' for arch in ('swinir', 'hat') for norm in ('ln', 'iln')]
 
 
+@pytest.mark.slow
 def test_writes_figures_and_tables(report):
     for name in ('dynamics.png', 'summary.md', 'validation.md', 'run.md'):
         assert (report / name).stat().st_size > 0, name

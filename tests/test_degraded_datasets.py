@@ -73,6 +73,7 @@ def test_noise_seed_is_pinned_and_ignores_folder_and_extension():
     assert noise_seed('baby.png', 25) != noise_seed('baby.png', 15) != noise_seed('bird.png', 15)
 
 
+@pytest.mark.slow
 def test_test_noise_is_identical_in_another_process(clean_folder, tmp_path):
     out = tmp_path / 'lq.npy'
     code = textwrap.dedent(f"""

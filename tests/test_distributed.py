@@ -18,6 +18,8 @@ from basicsr_iln.utils.dist import close_dist
 from basicsr_iln.utils.options import parse_options
 from helpers import REPO, eval_options_from_train, run_cli, tiny_train_options, write_yaml
 
+pytestmark = pytest.mark.slow  # every test here runs real CLIs or several processes
+
 NPROC = 2
 ENTRY = REPO / 'tests' / 'ddp_entry.py'
 BATCH = 2  # per process in the gradient test

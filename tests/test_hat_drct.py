@@ -1,7 +1,5 @@
 """HAT / HAT_iLN / DRCT / DRCT_iLN: released state-dict layouts, forward shapes for every task and
 norm, LN vs i-LN layouts, i-LN homogeneity, HAT's relative-position indices and OCAB semantics."""
-import json
-from pathlib import Path
 
 import basicsr_iln  # noqa: F401  (before basicsr)
 import pytest
@@ -13,12 +11,9 @@ from basicsr_iln.archs.drct_arch import DRCT, DRCT_iLN
 from basicsr_iln.archs.hat_arch import HAT, HAT_iLN, OCAB, overlapping_relative_position_index
 from basicsr_iln.archs.norms import NORM_TYPES, Affine, HolisticLayerNorm
 from basicsr_iln.archs.transformer_core import relative_position_index
+from helpers import reference_layouts
 
-LAYOUTS = Path(__file__).resolve().parents[1].parent / 'shared' / 'reference' / 'state_dict_layouts.json'
-if not LAYOUTS.exists():
-    LAYOUTS = Path('/work/shared/reference/state_dict_layouts.json')
-_ENTRIES = json.loads(LAYOUTS.read_text()) if LAYOUTS.exists() else {}
-ENTRIES = {k: v for k, v in _ENTRIES.items() if k.startswith(('HAT', 'DRCT', 'iLN_'))}
+ENTRIES = {k: v for k, v in reference_layouts().items() if k.startswith(('HAT', 'DRCT', 'iLN_'))}
 
 TINY_HAT = dict(img_size=16, window_size=4, embed_dim=12, depths=[2], num_heads=[2], compress_ratio=3,
                 squeeze_factor=4, mlp_ratio=2, drop_path_rate=0.)
@@ -49,7 +44,6 @@ def _run(model, h, w, in_chans=3):
 
 # ---------------------------------------------------------------- (a) released layouts
 
-@pytest.mark.skipif(not ENTRIES, reason='reference layouts not available')
 @pytest.mark.parametrize('name', sorted(ENTRIES))
 def test_released_state_dict_layout(name):
     entry = ENTRIES[name]
@@ -163,7 +157,6 @@ def test_ln_and_iln_layouts_differ_only_in_norm_names(cls, cfg):
     assert _ln_keys_as_iln(shapes['ln']) == shapes['iln']
 
 
-@pytest.mark.skipif('iLN_HAT-mini_iLN_SRx4' not in ENTRIES, reason='reference layouts not available')
 def test_reference_iln_and_baseline_differ_only_in_norm_names():
     iln = ENTRIES['iLN_HAT-mini_iLN_SRx4']['state_dict']
     baseline = ENTRIES['iLN_HAT-mini_baseline_SRx4']['state_dict']

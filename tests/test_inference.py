@@ -109,6 +109,7 @@ def network_args(ckpt):
             'depths: [2], embed_dim: 12, num_heads: [2], mlp_ratio: 2}', '-c', str(ckpt)]
 
 
+@pytest.mark.slow
 def test_cli_restores_a_real_photo_tiled_like_untiled(dn_checkpoint, tmp_path):
     photo = real_photos()[1][:90, :120]
     cv2.imwrite(str(tmp_path / 'photo.png'), photo)

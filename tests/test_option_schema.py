@@ -16,6 +16,7 @@ from helpers import REPO, eval_options_from_train, run_cli, tiny_train_options, 
 OPTION_FILES = sorted(p.relative_to(REPO).as_posix() for p in (REPO / 'options').rglob('*.yml'))
 
 
+@pytest.mark.slow
 def test_every_option_file_passes_the_schema_and_resolves_idempotently():
     assert len(OPTION_FILES) > 250 and any(p.startswith('options/quickstart/') for p in OPTION_FILES)
     for rel in OPTION_FILES:
@@ -49,6 +50,7 @@ def test_force_yml_adds_declared_keys_only(tmp_path):
             apply_force_yml(copy.deepcopy(opt), [entry])
 
 
+@pytest.mark.slow
 def test_print_options_prints_resolved_options_and_touches_nothing(tiny_sr_data, tmp_path):
     opt = tiny_train_options(tiny_sr_data, 'printed')
     opt['datasets']['train']['dataroot_gt'] = str(tmp_path / 'not_read')  # would fail the data checks
@@ -67,6 +69,7 @@ def test_print_options_prints_resolved_options_and_touches_nothing(tiny_sr_data,
     assert sorted(p.name for p in tmp_path.iterdir()) == ['test.yml', 'train.yml']
 
 
+@pytest.mark.slow
 def test_saved_options_are_resolved_and_re_test_the_run(tiny_sr_data, tmp_path):
     opt = tiny_train_options(tiny_sr_data, 'saved', total_iter=2)
     del opt['manual_seed']

@@ -161,6 +161,7 @@ def test_x4_fine_tunes_from_our_own_x2_run(tiny_sr_data, x4_data, tmp_path):
     assert key in x2_ema and (x4_init['params'][key] - x2_ema[key]).abs().max() < 1e-2
 
 
+@pytest.mark.slow
 def test_fine_tuning_without_its_parent_run_names_the_run_to_train_first(x4_data, tmp_path):
     parent = 'experiments/train_HAT_SRx2_iln/models/net_g_latest.pth'
     opt = x4_options(x4_data, 'orphan_x4', parent)

@@ -67,6 +67,7 @@ def start_training(tmp_path):
             proc.wait()
 
 
+@pytest.mark.slow
 def test_kill_9_then_auto_resume_continues_exactly(tiny_sr_data, tmp_path, start_training):
     """A run killed with SIGKILL and resumed ends with the very weights of an uninterrupted run."""
     crash_yml = write_yaml(tmp_path / 'crash.yml', crash_options(tiny_sr_data, 'crash'))
@@ -238,6 +239,7 @@ def test_nan_weights_are_never_saved(model):
     assert complete_checkpoint_iters(model.opt['path']['models'], model.opt['path']['training_states']) == []
 
 
+@pytest.mark.slow
 def test_cli_stops_on_consecutive_nan_losses(tiny_sr_data, tmp_path):
     """A NaN loss weight makes every loss non-finite: steps are skipped and logged, training stops after
     train.nonfinite_patience of them with one error line, and the checkpoint written meanwhile is finite."""
@@ -258,6 +260,7 @@ def test_cli_stops_on_consecutive_nan_losses(tiny_sr_data, tmp_path):
     assert all(torch.isfinite(v).all() for net in saved.values() for v in net.values())
 
 
+@pytest.mark.slow
 def test_rerun_archives_the_experiment_folder(tiny_sr_data, tmp_path):
     opt = tiny_train_options(tiny_sr_data, 'again', total_iter=1)
     del opt['datasets']['val'], opt['val']
@@ -272,6 +275,7 @@ def test_rerun_archives_the_experiment_folder(tiny_sr_data, tmp_path):
     assert not (old / 'results_of_last_week.txt').exists()
 
 
+@pytest.mark.slow
 def test_rerun_archives_the_results_folder(tiny_sr_data, tmp_path):
     train_opt = tiny_train_options(tiny_sr_data, 'net')
     torch.save({'params_ema': build_network_checked(train_opt['network_g']).state_dict()}, tmp_path / 'net.pth')

@@ -1,7 +1,5 @@
 """SwinIR_iLN: with norm_type 'ln' it is the released SwinIR (keys, shapes, outputs); every setting
 and every norm runs; inputs that are not window multiples are padded and cropped back."""
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +10,8 @@ from basicsr.archs.swinir_arch import SwinIR
 from basicsr.utils.registry import ARCH_REGISTRY
 from basicsr_iln.archs.norms import NORM_TYPES
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
+from helpers import reference_layouts
 
-LAYOUTS = Path(__file__).resolve().parents[2] / 'shared' / 'reference' / 'state_dict_layouts.json'
 SWINIR_ENTRIES = [
     'SwinIR_classicalSR_x2', 'SwinIR_classicalSR_x4', 'SwinIR_lightweightSR_x4', 'SwinIR_colorDN', 'SwinIR_grayDN',
     'SwinIR_grayCAR', 'SwinIR_colorCAR'
@@ -34,9 +32,7 @@ SETTINGS = {
 
 @pytest.fixture(scope='module')
 def layouts():
-    if not LAYOUTS.is_file():
-        pytest.skip(f'{LAYOUTS} not present')
-    return json.loads(LAYOUTS.read_text())
+    return reference_layouts()
 
 
 @pytest.mark.parametrize('entry', SWINIR_ENTRIES)

@@ -30,6 +30,7 @@ def sr_test_set(root, name):
                 dataroot_lq=str(root / name / 'LR_bicubic' / 'X2'), io_backend={'type': 'disk'})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SET5.is_dir(), reason='needs ../shared/datasets/sr/Set5')
 def test_tables_from_a_tiny_real_run(tiny_sr_data, tmp_path):
     sr_root = tmp_path / 'datasets' / 'SR'

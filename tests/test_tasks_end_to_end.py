@@ -135,6 +135,7 @@ def check_saved_outputs(results, test_opt, record):
     assert abs(np.mean(vs_input) - record['psnr']) > 1e-3
 
 
+@pytest.mark.slow
 def test_color_denoising_sigma25(tmp_path):
     sources = sorted(DN_SOURCE.glob('*.png'))
     train_root = write_crops(tmp_path / 'dn_train', sources[:3], 64, [(0, 0), (100, 100)])
@@ -160,6 +161,7 @@ def test_color_denoising_sigma25(tmp_path):
     assert 10 < test_record['psnr'] < 40 and 0 < test_record['ssim'] < 1
 
 
+@pytest.mark.slow
 def test_gray_jpeg_q10_reports_psnrb(tmp_path):
     sources = sorted(CAR_SOURCE.glob('*.png'))
     train_root = write_crops(tmp_path / 'car_train', sources[:4], 64, [(0, 0), (200, 200)])
