@@ -1,4 +1,6 @@
 """Session fixtures built from real images (see helpers.py)."""
+import logging
+
 import pytest
 
 from helpers import real_photos, write_sr_pairs
@@ -14,3 +16,12 @@ def tiny_sr_data(tmp_path_factory):
     write_sr_pairs(root / 'train', train, 2)
     write_sr_pairs(root / 'val', val, 2)
     return root
+
+
+@pytest.fixture
+def warnings(caplog):
+    """Records of BasicSR's logger (it does not propagate to the root logger)."""
+    logger = logging.getLogger('basicsr')
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)

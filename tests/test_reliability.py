@@ -1,6 +1,5 @@
 """Crash safety: kill -9 and --auto_resume, atomic and pruned checkpoints, non-finite losses, archived
 experiment folders, option checks of the reliability options."""
-import logging
 import re
 import signal
 import subprocess
@@ -174,14 +173,6 @@ def model(tiny_sr_data, tmp_path):
     make_exp_dirs(opt)
     return build_model(opt)
 
-
-@pytest.fixture
-def warnings(caplog):
-    """Records of BasicSR's logger (it does not propagate to the root logger)."""
-    logger = logging.getLogger('basicsr')
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def batch(nan=False):

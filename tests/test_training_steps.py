@@ -1,7 +1,6 @@
 """One optimizer step per iteration: gradient accumulation (``train.global_batch_size``), gradient clipping
 (``train.grad_clip_norm``) and the one-reduction non-finite gradient check, on IRModel and through the
 real train CLI (single process and 2-process DDP on gloo)."""
-import logging
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -164,13 +163,6 @@ def test_bad_grad_clip_norm_is_a_config_error(value):
     with pytest.raises(ConfigError, match=r"'train.grad_clip_norm' must be a positive finite number"):
         grad_clip_option({'grad_clip_norm': value})
 
-
-@pytest.fixture
-def warnings(caplog):
-    logger = logging.getLogger('basicsr')
-    logger.addHandler(caplog.handler)
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def test_nonfinite_check_is_one_reduction_and_names_the_parameter(tiny_sr_data, tmp_path, monkeypatch, warnings):
