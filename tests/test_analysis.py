@@ -15,6 +15,7 @@ from basicsr_iln.analysis import JSONL_NAME, build_dynamics_recorder, parse_anal
 from basicsr_iln.analysis.dynamics import DynamicsRecorder, probe_batch, recording_off
 from basicsr_iln.analysis.precision import PrecisionNetwork, parse_precisions
 from basicsr_iln.analysis.stats import affine_stats, channel_entropy, correlation, feature_stats
+from basicsr_iln.archs.norms import NORM_SCHEMES, NormScheme
 from basicsr_iln.utils.errors import ConfigError
 from helpers import REPO, eval_options_from_train, run_cli, tiny_train_options, write_yaml
 
@@ -84,6 +85,32 @@ def test_recorder_records_every_block_group_and_norm(tmp_path, arch, kwargs, blo
     assert len(records[-1]['norms']) == norms
     for norm in records[-1]['norms']:
         assert all(math.isfinite(v) for k, v in norm.items() if k not in ('name', 'type') and v is not None)
+
+
+class ScaledNorm(nn.Module):
+    """A test-only scheme's norm: per-token L2 normalisation with a learned scale."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+    def forward_with_scale(self, x):
+        return self(x), None
+
+
+def test_a_scheme_added_to_the_spec_trains_and_is_analysed(tmp_path, monkeypatch):
+    """One NormScheme record is all a new scheme needs: the architectures build it and the recorder finds
+    its layers (branch norms and stems) without a change anywhere else."""
+    make = lambda dim, eps: ScaledNorm(dim) if eps is None else ScaledNorm(dim, eps)
+    monkeypatch.setitem(NORM_SCHEMES, 'scaled', NormScheme('test-only scaled norm', make, make))
+    net = ARCH_REGISTRY.get('SwinIR_iLN')(**TINY, depths=[2], num_heads=[2], norm_type='scaled')
+    recorder = DynamicsRecorder(net, torch.rand(1, 3, 8, 8), parse_analysis_options({}), str(tmp_path))
+    recorder(1)
+    [record] = [json.loads(line) for line in (tmp_path / JSONL_NAME).read_text().splitlines()]
+    assert {n['type'] for n in record['norms']} == {'ScaledNorm'} and len(record['norms']) == 2 * 2 + 2
 
 
 def test_layers_option_selects_blocks_or_groups(tmp_path):

@@ -34,14 +34,20 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
 from torch import nn
 
-from basicsr_iln.archs.norms import Affine, HolisticLayerNorm, InstanceNorm
+from basicsr_iln.archs.norms import NORM_SCHEMES
 from basicsr_iln.utils.errors import ConfigError
 from basicsr_iln.utils.schema import resolve_option
 
 from .stats import affine_stats, channel_magnitudes, feature_stats
 
 JSONL_NAME = 'analysis.jsonl'
-NORM_LAYER_TYPES = (nn.LayerNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm, HolisticLayerNorm, Affine, InstanceNorm)
+
+
+def norm_layer_types():
+    """Every layer class a norm scheme builds (branch and stem), read from ``NORM_SCHEMES``: a scheme added
+    there is analysed without a change here."""
+    return tuple({type(layer) for scheme in NORM_SCHEMES.values()
+                  for layer in (scheme.build_branch(1), scheme.build_stem(1))})
 
 
 def parse_analysis_options(section):
@@ -74,8 +80,9 @@ def probe_points(net, layers):
 
 def norm_layers(net):
     """[(name, module)] of the norm layers that have a learned scale (weight or gamma)."""
+    types = norm_layer_types()
     return [(name, m) for name, m in net.named_modules()
-            if isinstance(m, NORM_LAYER_TYPES) and _affine(m)[0] is not None]
+            if isinstance(m, types) and _affine(m)[0] is not None]
 
 
 def _affine(norm):
