@@ -99,8 +99,8 @@ def test_micro_batches_per_step_follows_the_global_batch():
         micro_batches_per_step(opt(16, 3, 2))
     with pytest.raises(ConfigError, match='is not a multiple'):
         micro_batches_per_step(opt(2, 2, 2))  # smaller than one micro-batch per process
-    for bad in (0, -4, 4.0, '16', True):
-        with pytest.raises(ConfigError, match=r"'train.global_batch_size' must be a positive integer"):
+    for bad, must in ((0, '> 0'), (-4, '> 0'), (4.0, 'an integer'), ('16', 'an integer'), (True, 'an integer')):
+        with pytest.raises(ConfigError, match=rf"^option 'train.global_batch_size' must be {must}, got {bad!r}"):
             micro_batches_per_step(opt(bad))
 
 
@@ -155,12 +155,14 @@ def test_gradient_clipping_equals_clip_grad_norm_then_the_step(tiny_sr_data, tmp
     assert float(update) == pytest.approx(1e-3, rel=1e-3)  # lr / eps x the clipped gradient
 
 
-@pytest.mark.parametrize('value', [0, -1.0, float('nan'), float('inf'), '1e-3', True])
-def test_bad_grad_clip_norm_is_a_config_error(value):
+@pytest.mark.parametrize('value, must', [(0, '> 0'), (-1.0, '> 0'), (float('nan'), 'a finite number'),
+                                         (float('inf'), 'a finite number'), ('1e-3', 'a number'), (True, 'a number')])
+def test_bad_grad_clip_norm_is_a_config_error(value, must):
     """Where IRModel reads it (options that never went through the CLI's checks, e.g. a script's)."""
     assert grad_clip_option({}) is None and grad_clip_option({'grad_clip_norm': None}) is None
     assert grad_clip_option({'grad_clip_norm': 1}) == 1.0
-    with pytest.raises(ConfigError, match=r"'train.grad_clip_norm' must be a positive finite number"):
+    expected = rf"^option 'train.grad_clip_norm' must be {must}, got {re.escape(repr(value))}"
+    with pytest.raises(ConfigError, match=expected):
         grad_clip_option({'grad_clip_norm': value})
 
 

@@ -54,7 +54,7 @@ from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights, prune_
 from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 from basicsr_iln.utils.inference import restore
-from basicsr_iln.utils.schema import resolve_option
+from basicsr_iln.utils.schema import read_option, resolve_option
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -63,14 +63,6 @@ def precision_dtype(name, key):
     if name not in PRECISIONS:
         raise ConfigError(f"option '{key}' must be one of {', '.join(PRECISIONS)}, got {name!r}")
     return PRECISIONS[name]
-
-
-def sync_bn_option(train_opt):
-    """``train.sync_bn`` (default true): under DDP, BatchNorm uses the batch statistics of all processes."""
-    value = train_opt.get('sync_bn', True)
-    if not isinstance(value, bool):
-        raise ConfigError(f"option 'train.sync_bn' must be true or false, got {value!r} ({type(value).__name__})")
-    return value
 
 
 def compile_network(net, compile_opt):
@@ -84,13 +76,8 @@ def compile_network(net, compile_opt):
 
 def grad_clip_option(train_opt):
     """``train.grad_clip_norm`` as a float, or None (absent or null: no clipping)."""
-    value = train_opt.get('grad_clip_norm')
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
-        raise ConfigError(f"option 'train.grad_clip_norm' must be a positive finite number (or null: off), "
-                          f'got {value!r} ({type(value).__name__})')
-    return float(value)
+    value = read_option(train_opt, 'train.grad_clip_norm')
+    return None if value is None else float(value)
 
 
 def total_norm(tensors):
@@ -154,7 +141,7 @@ class IRModel(SRModel):
         train_opt = self.opt['train']
         self.train_dtype = precision_dtype(train_opt.get('precision', 'fp32'), 'train.precision')
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_dtype == torch.float16)
-        self.nonfinite_patience = int(train_opt.get('nonfinite_patience', 10))
+        self.nonfinite_patience = read_option(train_opt, 'train.nonfinite_patience')
         self.nonfinite_streak = 0
         self.grad_clip_norm = grad_clip_option(train_opt)
         self.micro_batches = micro_batches_per_step(self.opt)
@@ -266,7 +253,7 @@ class IRModel(SRModel):
 
     def model_to_device(self, net):
         net = net.to(self.device)
-        if self.is_train and sync_bn_option(self.opt['train']) and self.opt['dist']:
+        if self.is_train and read_option(self.opt['train'], 'train.sync_bn') and self.opt['dist']:
             synchronized = BatchNorm.synchronize(net)
             if synchronized:
                 get_root_logger().info(f'train.sync_bn: {synchronized} BatchNorm layers use the batch statistics '

@@ -5,6 +5,7 @@ gradients of ``global_batch_size / (datasets.train.batch_size_per_gpu x world si
 before stepping. Absent: one micro-batch per step (global batch = per-process batch x world size).
 """
 from basicsr_iln.utils.errors import ConfigError
+from basicsr_iln.utils.schema import read_option
 
 
 def process_batch(opt):
@@ -19,12 +20,9 @@ def process_batch(opt):
 
 def micro_batches_per_step(opt):
     """Micro-batches each process accumulates per optimizer step (a positive integer, else ConfigError)."""
-    global_batch = opt['train'].get('global_batch_size')
+    global_batch = read_option(opt['train'], 'train.global_batch_size')
     if global_batch is None:
         return 1
-    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch <= 0:
-        raise ConfigError(f"option 'train.global_batch_size' must be a positive integer, got {global_batch!r} "
-                          f'({type(global_batch).__name__})')
     (per_process, made_of), world_size = process_batch(opt), opt['world_size']
     micro_batches, rest = divmod(global_batch, per_process * world_size)
     if rest or micro_batches == 0:

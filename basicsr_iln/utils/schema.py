@@ -633,6 +633,13 @@ def resolve_option(dotted, value):
     return resolve_entry(option_at(dotted), value, dotted, Context())
 
 
+def read_option(section, dotted):
+    """The value of the key ``dotted`` from its ``section`` (options that may not come from the CLI), checked
+    against its declaration, or the declared default when absent: readers need no checks or defaults of their own."""
+    option = option_at(dotted)
+    return resolve_entry(option, section.get(dotted.rsplit('.', 1)[-1], option.default), dotted, Context())
+
+
 def without_runtime(opt):
     """``opt`` without the keys the CLI fills in at run time: what an option file may hold."""
     return OPTIONS.without_runtime(opt)
