@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / 'shared' / 'datasets'
 SHARED_LAYOUTS = REPO.parent / 'shared' / 'reference' / 'state_dict_layouts.json'
 # A copy of ../shared/reference/state_dict_layouts.json (keys, shapes and kwargs of the released checkpoints
-# of SwinIR, HAT, DRCT and the official i-LN release; no weights), so the layout tests run on any clone.
+# of SwinIR, HAT, DRCT and the official i-LN release; no weights), so the layout tests run on any clone;
+# written by `python scripts/make_reference_data.py layouts`.
 LAYOUTS_COPY = REPO / 'tests' / 'data' / 'state_dict_layouts.json.gz'
 
 

@@ -1,9 +1,11 @@
 """The paper protocol: generated files reproduce the official i-LN option files (tests/data/official_protocol.csv,
-tabulated from the official release, is the independent spec), docs/protocol.md covers every training file,
-the ablation/comparison files differ from their base in exactly the documented key, and fine-tuning chains
-run through the real train CLI (x2 -> x4 from our own x2 output, a clear error when it is missing)."""
+tabulated from the official release by scripts/make_reference_data.py, is the independent spec),
+docs/protocol.md covers every training file, the ablation/comparison files differ from their base in exactly the
+documented key, and fine-tuning chains run through the real train CLI (x2 -> x4 from our own x2 output, a clear
+error when it is missing)."""
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +14,11 @@ import torch
 from helpers import REPO, real_photos, run_cli, tiny_train_options, write_sr_pairs, write_yaml
 from test_option_files import COMMITTED, GENERATED, OPTS
 
+sys.path.insert(0, str(REPO / 'scripts'))
+from make_reference_data import OFFICIAL_FILES  # noqa: E402  (official file -> the file reproducing it)
+
 OFFICIAL = REPO / 'tests' / 'data' / 'official_protocol.csv'
 PROTOCOL_DOC = (REPO / 'docs' / 'protocol.md').read_text(encoding='utf-8')
-OFFICIAL_FILES = {  # official release file -> our generated file
-    'iLN/options/train/HAT-mini/SRx2_HAT-mini_baseline.yml': 'options/train/HAT/train_HAT-mini_SRx2_ln.yml',
-    'iLN/options/train/HAT-mini/SRx2_HAT-mini_iLN.yml': 'options/train/HAT/train_HAT-mini_SRx2_iln.yml',
-    'iLN/options/train/HAT-mini/SRx4_HAT-mini_baseline.yml': 'options/train/HAT/train_HAT-mini_SRx4_ln.yml',
-    'iLN/options/train/HAT-mini/SRx4_HAT-mini_iLN.yml': 'options/train/HAT/train_HAT-mini_SRx4_iln.yml',
-    'iLN/options/train/HAT-dagger/SRx2_HAT-dagger_iLN.yml': 'options/train/HAT/train_HAT_SRx2_iln.yml',
-    'iLN/options/train/HAT-dagger/SRx4_HAT-dagger_iLN.yml': 'options/train/HAT/train_HAT_SRx4_iln.yml',
-}
 # The values that decide a training result (issue 13): each must be in the table for every official file.
 DECISIVE_KEYS = {
     'datasets.train.gt_size', 'train.total_iter', 'train.scheduler.milestones', 'train.scheduler.gamma',
