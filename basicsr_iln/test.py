@@ -25,7 +25,7 @@ from basicsr.utils.options import dict2str  # noqa: E402
 
 from basicsr_iln.analysis.precision import parse_precisions  # noqa: E402
 from basicsr_iln.train import build_dataset_checked  # noqa: E402
-from basicsr_iln.utils.checks import check_datasets, check_writable_folder  # noqa: E402
+from basicsr_iln.utils.checks import check_checkpoint_path, check_datasets, check_writable_folder  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
@@ -40,8 +40,7 @@ def test_pipeline(root_path, argv=None):
         precisions = parse_precisions(opt['val']['precision'], "option 'val.precision'")
     if not opt['path'].get('pretrain_network_g'):
         raise ConfigError("testing needs 'path.pretrain_network_g' (the checkpoint to evaluate)")
-    if not osp.isfile(opt['path']['pretrain_network_g']):
-        raise ConfigError(f"checkpoint not found: {opt['path']['pretrain_network_g']} (option path.pretrain_network_g)")
+    check_checkpoint_path(opt)  # a test file of our own runs names the training run that writes its checkpoint
     check_writable_folder(opt['path']['results_root'], 'results')
     torch.backends.cudnn.benchmark = True
 
