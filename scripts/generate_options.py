@@ -353,13 +353,10 @@ RELEASED = released()
 
 
 # ----------------------------------------------------------------------------------------- builders
-def norm_kwargs(norm_type, stdnorm=None):
-    """network_g's norm keys: the scheme's input handling and eps written out (the official files do)."""
-    scheme = NORM_SCHEMES[norm_type]
-    kw = {'norm_type': norm_type, 'stdnorm': scheme.stdnorm if stdnorm is None else stdnorm}
-    if scheme.default_eps is not None:
-        kw['eps'] = scheme.default_eps
-    return kw
+def norm_kwargs(norm_type, input_handling):
+    """network_g's norm keys from the protocol's (stdnorm, eps): written out, as the official files do."""
+    stdnorm, eps = input_handling
+    return {'norm_type': norm_type, 'stdnorm': stdnorm, **({} if eps is None else {'eps': eps})}
 
 
 def network(size, task, net_type, norm_kw):
@@ -493,7 +490,7 @@ def train_file(size, task, norm, norm_type=None, stdnorm=None, study=None, note=
         'manual_seed': p['seed'].value,
         'datasets': {'train': train_dataset(task, p),
                      **{'val' + (f'_{i + 1}' if i else ''): eval_set(task, n) for i, n in enumerate(val_names)}},
-        'network_g': network(size, task, net_type_for(size, norm_type), norm_kwargs(norm_type, stdnorm)),
+        'network_g': network(size, task, net_type_for(size, norm_type), norm_kwargs(norm_type, p['input'].value)),
         'path': {'pretrain_network_g': parent and f'experiments/{parent}/models/net_g_latest.pth',
                  **({'param_key_g': 'params_ema'} if parent else {}), 'strict_load_g': p['strict'].value,
                  'resume_state': None},
