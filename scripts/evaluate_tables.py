@@ -8,10 +8,12 @@ training option file or experiment folder (the test option file of the same stem
 under ``--test-options``; for a folder its ``models/net_g_latest.pth`` is evaluated), or a
 checkpoint inside an experiment folder. ``LABEL=RUN`` names the backbone as in the paper (e.g.
 ``HAT_1=experiments/train_HAT-mini_SRx4_iln``); otherwise the official i-LN HAT-mini and
-full HAT sizes are recognised as HAT_1 / HAT_dagger and other sizes are labelled <family>-<dim>x<stages>.
+full HAT sizes are recognised as HAT_1 / HAT_dagger, SwinIR-S as SwinIR_1 (our stand-in for that size:
+docs/protocol.md) and other sizes are labelled <family>-<dim>x<stages>.
 
 Writes ``tables.md`` and ``tables.csv`` (one row per cell: ours, paper, delta, status) under
-``--out``: Table 1 (normalisation schemes, x4 SR), Table 2 (LN vs i-LN per task and backbone), SR
+``--out``: Table 1 (normalisation schemes, x4 SR), Table 2 (LN vs i-LN per task and backbone),
+Table 2(b) (deraining: Rain100H/Rain100L/Test100/Test1200/Test2800, a paired test set at scale 1), SR
 (Set5/Set14/B100/Urban100/Manga109, x2/x3/x4), DN (sigma 15/25/50), CAR (q 10/20/30/40,
 PSNR/SSIM/PSNR-B) and Table 8 (the largest feature magnitude during training, from the
 ``analysis.jsonl`` of the run's experiment folder; a run whose copied training options set
@@ -47,6 +49,8 @@ SR_SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
 TABLE1_SETS = ('Set14', 'B100', 'Urban100', 'Manga109')
 CLEAN_SETS = {('DN', 'color'): ('CBSD68', 'Kodak24', 'McMaster', 'Urban100'), ('DN', 'gray'): ('Set12', 'BSD68', 'Urban100'),
               ('CAR', 'gray'): ('classic5', 'LIVE1'), ('CAR', 'color'): ('LIVE1', 'Urban100')}
+DERAIN_SETS = ('Rain100H', 'Rain100L', 'Test100', 'Test1200', 'Test2800')
+DERAIN_LEVEL = '-'  # the level column of paper_results.csv's deraining rows
 LEVELS = {'SR': (2, 3, 4), 'DN': (15, 25, 50), 'CAR': (10, 20, 30, 40)}
 LEVEL_FORMAT = {'SR': 'x{}', 'DN': 'sigma{}', 'CAR': 'q{}'}
 METRIC_DIGITS = {'psnr': 2, 'ssim': 4, 'psnrb': 2}
@@ -61,6 +65,8 @@ DEGRADED_TASKS = {'GaussianNoiseDataset': ('DN', 'sigma'), 'JPEGCompressionDatas
 PAPER_BACKBONES = {
     'HAT_1': ('HAT', {'embed_dim': 96, 'depths': [6] * 6, 'compress_ratio': 24, 'squeeze_factor': 24}),
     'HAT_dagger': ('HAT', {'embed_dim': 180, 'depths': [6] * 6, 'compress_ratio': 3, 'squeeze_factor': 30}),
+    # The paper's SwinIR_1 size is not public: SwinIR-S stands for it (scripts/generate_options.py, DERAIN_SIZES).
+    'SwinIR_1': ('SwinIR', {'embed_dim': 60, 'depths': [6] * 4, 'num_heads': [6] * 4}),
 }
 # Cell states besides a value; the CSV keeps the detail (paths).
 NO_RUN = 'no run'
@@ -128,9 +134,12 @@ def resolve_run(spec, test_options_dir):
 
 
 def dataset_task(dataset_opt, scale):
-    """(task, colour, level) of one test dataset option."""
+    """(task, colour, level) of one test dataset option; a paired set at scale 1 is deraining, the paper's
+    only task with input/target pairs of one size."""
     task, key = DEGRADED_TASKS.get(dataset_opt['type'], ('SR', None))
     gray = dataset_opt.get('in_ch') == 1 or dataset_opt.get('color') in ('gray', 'y')
+    if task == 'SR' and scale == 1:
+        return 'DR', 'gray' if gray else 'color', DERAIN_LEVEL
     level = scale if task == 'SR' else dataset_opt.get(key)
     return task, 'gray' if gray else 'color', int(level) if float(level).is_integer() else level
 
@@ -280,16 +289,31 @@ def table1(t):
 
 
 def table2(t):
-    """LN vs i-LN per task and backbone: a row per task, backbone, level and test set."""
-    keys = {(task, c, b, lv, d) for task, c, b, n, lv, d in t.ours if n in ('ln', 'iln') and d != DYNAMICS_SET}
+    """LN vs i-LN per task and backbone (deraining: Table 2(b)): a row per task, backbone, level and test set."""
+    keys = {(task, c, b, lv, d) for task, c, b, n, lv, d in t.ours
+            if n in ('ln', 'iln') and d != DYNAMICS_SET and task != 'DR'}
     keys |= {(k[0], 'color', k[1], level_of(k[0], k[2]), k[3]) for k in t.published
-             if t.published[k][1] == '2' and k[5] in ('psnr', 'ssim')}
+             if t.published[k][1] == '2' and k[5] in ('psnr', 'ssim') and k[0] != 'DR'}
     header = ['task', 'colour', 'backbone', 'level', 'test set'] + [
         f'{name} {METRIC_NAMES[m]}' for name in ('LN', 'i-LN') for m in ('psnr', 'ssim')]
     rows = [[task, c, b, t.level_text(task, lv), d] + [t.cell('2', task, c, b, n, lv, d, m)
                                                        for n in ('ln', 'iln') for m in ('psnr', 'ssim')]
             for task, c, b, lv, d in sorted(keys, key=str)]
     return '## Table 2: LN vs i-LN per task and backbone', markdown(header, rows)
+
+
+def table2b(t):
+    """Deraining, LN vs i-LN: a row per backbone (run or published) and test set."""
+    backbones = {b for task, c, b, n, lv in t.runs if task == 'DR'} | {k[1] for k in t.published_rows('DR')}
+    header = ['backbone', 'test set'] + [f'{name} {METRIC_NAMES[m]}' for name in ('LN', 'i-LN')
+                                         for m in ('psnr', 'ssim')]
+    rows = [[b, d] + [t.cell('2b', 'DR', 'color', b, n, DERAIN_LEVEL, d, m) for n in ('ln', 'iln')
+                      for m in ('psnr', 'ssim')] for b in sorted(backbones) for d in DERAIN_SETS]
+    caption = ("PSNR/SSIM on the Y of MATLAB's rgb2ycbcr rounded to integers, whole image (the MPRNet/Restormer "
+               'evaluate_PSNR_SSIM.m convention: calculate_psnr_matlab_y / calculate_ssim_matlab_y). SwinIR_1 is '
+               'SwinIR-S here: a stand-in for the paper\'s size, which is not in the official release '
+               '(docs/protocol.md).')
+    return '## Table 2(b): deraining (Rain13K training)', [caption, ''] + markdown(header, rows)
 
 
 def sr_table(t):
@@ -329,7 +353,7 @@ def table8(t):
 
 def write_tables(records, published, out, command, self_ensemble):
     t = Tables(records, published)
-    sections = [table1(t), table2(t), sr_table(t), restoration_table(t, 'DN', ('psnr', 'ssim')),
+    sections = [table1(t), table2(t), table2b(t), sr_table(t), restoration_table(t, 'DN', ('psnr', 'ssim')),
                 restoration_table(t, 'CAR', ('psnr', 'ssim', 'psnrb')), table8(t)]
     legend = [
         f'Command: `{command}`', '',

@@ -12,6 +12,8 @@ What it writes (paths relative to the repository root):
   colorDN_s15/25/50, grayDN_s15/25/50, grayCAR_q10/20/30/40, colorCAR_q10/20/30/40;
 * the paper's normalisation comparison and ablation at x4 SR with the official i-LN HAT-mini size:
   options/{train,test}/HAT/*_HAT-mini_SRx4_normcmp_<norm>.yml and *_HAT-mini_SRx4_ablation_<norm>.yml;
+* Table 2(b), deraining (Rain13K): options/{train,test}/HAT/*_HAT-mini_Derain_<norm>.yml (HAT_1) and
+  options/{train,test}/SwinIR/*_SwinIR-S_Derain_<norm>.yml (SwinIR-S standing for the paper's SwinIR_1);
 * options/test/released/test_released_<model>.yml: the published checkpoints (SwinIR, HAT, HAT-S,
   HAT-L, DRCT, DRCT-L, official i-LN HAT-mini / HAT-dagger), network kwargs as released.
 
@@ -46,7 +48,7 @@ _HAT = dict(window_size=16, compress_ratio=3, squeeze_factor=30, conv_scale=0.01
 SIZES = {
     'SwinIR': ('SwinIR', _SWINIR),  # classical SR / DN / CAR, "SwinIR-M"
     'SwinIR-S': ('SwinIR', dict(_SWINIR, depths=[6] * 4, embed_dim=60, num_heads=[6] * 4,
-                                sr_upsampler='pixelshuffledirect')),  # lightweight SR
+                                sr_upsampler='pixelshuffledirect')),  # lightweight SR; our SwinIR_1 (DERAIN_SIZES)
     'HAT': ('HAT', _HAT),
     'HAT-S': ('HAT', dict(_HAT, compress_ratio=24, squeeze_factor=24, embed_dim=144)),
     'HAT-L': ('HAT', dict(_HAT, depths=[6] * 12, num_heads=[6] * 12)),
@@ -89,6 +91,15 @@ CLEAN_SETS = {
 DEGRADATION = {'DN': ('GaussianNoiseDataset', 'sigma', 'Gaussian denoising'),
                'CAR': ('JPEGCompressionDataset', 'quality', 'JPEG artifact removal')}
 TRAIN_ROOT = 'datasets/DF2K'
+# Deraining (Table 2(b)): trained on Rain13K, tested on the five sets of MPRNet/Restormer (datasets/README.md).
+DERAIN = dict(key='Derain', kind='DR', scale=1, color='color', level=None)
+DERAIN_ROOT = 'datasets/DR'
+DERAIN_TRAIN_SET, DERAIN_VAL_SET = 'Rain13K', 'Rain100L'
+DERAIN_TEST_SETS = ('Rain100H', 'Rain100L', 'Test100', 'Test1200', 'Test2800')
+DERAIN_PATCH = 128  # Restormer's single-patch-size alternative (SOURCES['Restormer deraining'])
+# Table 2(b)'s backbones: HAT_1 is the official HAT-mini; the paper's SwinIR_1 is a reduced SwinIR whose size
+# is not public, and SwinIR-S (the only reduced SwinIR released) stands for it (docs/protocol.md).
+DERAIN_SIZES = ('HAT-mini', 'SwinIR-S')
 
 
 def tasks():
@@ -142,6 +153,10 @@ SOURCES = {
                  'clip_grad_norm_(net_g.parameters(), 0.01), the usual value in IR Transformer training',
     'released arch': 'the released SwinIR/HAT/DRCT networks: RGB mean subtracted, no std division '
                      '(../shared/reference/README.md)',
+    'Restormer deraining': 'Restormer (swz30/Restormer@df766d5) Deraining/Options/Deraining_Restormer.yml: '
+                           'Rain13K input/target pairs (MPRNet\'s training set), validation on Rain100L, and the '
+                           'single patch size it lists (commented out) as the alternative to its progressive '
+                           'patches: 128 px',
     'ours': 'our choice (reason given)',
 }
 L1 = {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}
@@ -271,6 +286,19 @@ def hat_mini_restoration(task):
                     val=((CLEAN_SETS[(task['kind'], task['color'])][0], ), 20000))}
 
 
+def derain(size):
+    """Table 2(b) (no official file; the paper's deraining settings are not public): the official HAT-mini x4
+    recipe for both backbones, with Restormer's deraining data, patch and validation set."""
+    why = 'the paper\'s deraining settings are not public: the official HAT-mini (HAT_1) x4 recipe' + (
+        '' if size == 'HAT-mini' else ', as for HAT_1, so that both Table 2(b) backbones train alike')
+    recipe = {k: v._replace(why=why) for k, v in iln_hat_mini(4).items()}
+    return {**recipe, 'train_data': V(DERAIN_TRAIN_SET, 'Restormer deraining'),
+            'gt_size': V(DERAIN_PATCH, 'Restormer deraining', 'the single patch size Restormer lists; its default '
+                         'grows the patch from 128 to 384 with shrinking batches, which a fixed-batch recipe lacks'),
+            'val': V(((DERAIN_VAL_SET, ), 20000), 'Restormer deraining', 'validated on Restormer\'s set, every 20k '
+                     'iterations as the official HAT-mini files')}
+
+
 def input_handling(norm_type, stdnorm, source_protocol):
     """(stdnorm, eps) of a file with its source: i-LN's as the official release, LN's as released."""
     scheme = NORM_SCHEMES[norm_type]
@@ -288,7 +316,9 @@ def input_handling(norm_type, stdnorm, source_protocol):
 def protocol(size, task, norm_type, stdnorm=None, study=None):
     """{field: V} of one training file."""
     family, kw = SIZES[size]
-    if size == 'HAT-mini':
+    if task['kind'] == 'DR':
+        p = derain(size)
+    elif size == 'HAT-mini':
         p = iln_hat_mini(task['scale']) if task['kind'] == 'SR' else hat_mini_restoration(task)
     elif task['kind'] != 'SR':
         p = kair_restoration(task, CAR_OVERRIDES.get(family, kw)['window_size'] if task['kind'] == 'CAR'
@@ -402,20 +432,32 @@ def degraded(name, task, root):
     return opt
 
 
+def rain_pair(name):
+    """BasicSR's PairedImageDataset at scale 1: it pairs identical file names in input/ and target/ and crops
+    both at the same place; the CLIs' checks refuse pairs of different sizes (datasets/README.md)."""
+    return {'name': name, 'type': 'PairedImageDataset', 'dataroot_gt': f'{DERAIN_ROOT}/{name}/target',
+            'dataroot_lq': f'{DERAIN_ROOT}/{name}/input', 'io_backend': {'type': 'disk'}}
+
+
 def eval_set(task, name):
     if task['kind'] == 'SR':
         return sr_pair(name, task['scale'], 'test')
+    if task['kind'] == 'DR':
+        return rain_pair(name)
     return degraded(name, task, f"datasets/{task['kind']}/{name}")
 
 
 def test_sets(task):
-    names = SR_TEST_SETS if task['kind'] == 'SR' else CLEAN_SETS[(task['kind'], task['color'])][1]
+    kind = task['kind']
+    names = SR_TEST_SETS if kind == 'SR' else DERAIN_TEST_SETS if kind == 'DR' else CLEAN_SETS[(kind, task['color'])][1]
     return [eval_set(task, n) for n in names]
 
 
 def train_dataset(task, p):
     if task['kind'] == 'SR':
         opt = sr_pair('DF2K', task['scale'], p['train_data'].value)
+    elif task['kind'] == 'DR':
+        opt = rain_pair(p['train_data'].value)
     else:
         opt = degraded('DF2K', task, f'{TRAIN_ROOT}/HR_sub')
     opt.update(gt_size=p['gt_size'].value, use_hflip=True, use_rot=True, num_worker_per_gpu=DEFAULT_WORKERS,
@@ -424,6 +466,8 @@ def train_dataset(task, p):
 
 
 def metrics(task):
+    if task['kind'] == 'DR':  # the deraining papers' MATLAB Y (basicsr_iln/metrics/matlab_y_metric.py)
+        return {n: {'type': f'calculate_{n}_matlab_y', 'crop_border': 0} for n in ('psnr', 'ssim')}
     names = ('psnr', 'ssim', 'psnrb') if task['kind'] == 'CAR' else ('psnr', 'ssim')
     sr = task['kind'] == 'SR'
     return {n: {'type': f'calculate_{n}', 'crop_border': task['scale'] if sr else 0, 'test_y_channel': sr}
@@ -435,6 +479,9 @@ def describe_task(task, test):
     if task['kind'] == 'SR':
         what = f"x{task['scale']} bicubic super-resolution"
         where = f"Y-channel PSNR/SSIM, crop_border {task['scale']}"
+    elif task['kind'] == 'DR':
+        what = f'deraining (rain streaks; trained on {DERAIN_TRAIN_SET})'
+        where = 'PSNR/SSIM on the integer Y of MATLAB\'s rgb2ycbcr, whole image, as MPRNet/Restormer'
     else:
         _, key, name = DEGRADATION[task['kind']]
         what = f"{task['color']} {name} at {key} {task['level']}"
@@ -448,7 +495,9 @@ def header(lines):
             *(f'# {line}' if line else '#' for line in lines)]
 
 
-def batch_note(num_gpu, per_gpu):
+def batch_note(num_gpu, per_gpu, train_gt):
+    """How to run the file on other hardware and with data elsewhere (the example moves its own training set)."""
+    elsewhere = '/data/' + train_gt.removeprefix('datasets/')
     return [
         f'Batch: train.global_batch_size {num_gpu * per_gpu} (as the source: {num_gpu} GPU(s) x {per_gpu}) on any '
         'hardware: with N processes',
@@ -456,7 +505,7 @@ def batch_note(num_gpu, per_gpu):
         'One GPU:',
         '  --force_yml num_gpu=1 datasets:train:batch_size_per_gpu=<what fits>; CPU: num_gpu=0.',
         'Paths are relative to the repository root (run from there); layout: datasets/README.md. Other data',
-        '  folders without editing: --force_yml datasets:train:dataroot_gt=/data/DF2K/HR_sub (same for val, lq).',
+        f'  folders without editing: --force_yml datasets:train:dataroot_gt={elsewhere} (same for val, lq).',
     ]
 
 
@@ -507,7 +556,7 @@ def train_file(size, task, norm, norm_type=None, stdnorm=None, study=None, note=
              f'{describe_task(task, test=False)}.', *note,
              f'Protocol (every value and its source): docs/protocol.md; {protocol_summary(p)}.',
              *([f'Fine-tunes the EMA weights of {parent} (train it first).'] if parent else []),
-             *batch_note(num_gpu, per_gpu), f'Run:  {launch}',
+             *batch_note(num_gpu, per_gpu, opt['datasets']['train']['dataroot_gt']), f'Run:  {launch}',
              f"Test: python basicsr_iln/test.py -opt options/test/{family}/test_{stem}.yml"]
     return path, lines, opt, p
 
@@ -584,6 +633,11 @@ def training_files():
             for name, norm_type, stdnorm, base, how in ABLATIONS]
     out.append((x4, train_file('HAT-mini', x4, 'ln', study='gradclip',
                                note=['Table 8: differs from train_HAT-mini_SRx4_ln.yml in train.grad_clip_norm only.'])))
+    stands_for = {'HAT-mini': 'HAT_1 (the official HAT-mini size)',
+                  'SwinIR-S': 'SwinIR_1, whose size is not public: SwinIR-S stands for it'}
+    out += [(DERAIN, train_file(size, DERAIN, norm, note=[f'Table 2(b), {stands_for[size]}; no official file: '
+                                                          'docs/protocol.md.']))
+            for size in DERAIN_SIZES for norm in MAIN_NORMS]
     return out
 
 
@@ -605,7 +659,7 @@ def _cell_value(field, value):
     if field == 'init':
         return 'scratch' if value is None else f'EMA of the {value} run'
     if field == 'train_data':
-        return {'sub': 'DF2K sub-images', 'full': 'DF2K whole images'}[value]
+        return {'sub': 'DF2K sub-images', 'full': 'DF2K whole images'}.get(value, f'{value} pairs')
     if field == 'gpus':
         return f'{value[0]} x {value[1]} = {value[0] * value[1]}'
     if field == 'loss':
@@ -682,6 +736,18 @@ def protocol_doc():
               '`norm_type` only; `train_HAT-mini_SRx4_gradclip_ln.yml` (Table 8) in `train.grad_clip_norm` only.',
               '- Stems follow the rule in `basicsr_iln/archs/norms.py` (`NormScheme`): a scheme that rescales '
               'branches by the norm input\'s std has affine-only stems, every other its normalisation.',
+              '', '## Deraining (Table 2(b))', '',
+              f'- Trained on {DERAIN_TRAIN_SET}, tested on {", ".join(DERAIN_TEST_SETS)} (MPRNet/Restormer; layout '
+              'and pair checks: datasets/README.md), with BasicSR\'s `PairedImageDataset` at scale 1.',
+              '- Metrics `calculate_psnr_matlab_y` / `calculate_ssim_matlab_y`: the Y of MATLAB\'s `rgb2ycbcr` '
+              'rounded to integers, whole image, as the MPRNet/Restormer `evaluate_PSNR_SSIM.m` the deraining '
+              'papers report; BasicSR\'s `test_y_channel` differs only in not rounding Y '
+              '(`basicsr_iln/metrics/matlab_y_metric.py`).',
+              '- HAT_1 is the official HAT-mini. The paper calls a reduced SwinIR "SwinIR_1"; its size is neither in '
+              'the official release nor in ../shared/reference (which says only "a reduced SwinIR"). '
+              '`SwinIR-S` (4 residual groups of 6 blocks, embed_dim 60, 6 heads, window 8: the only '
+              'reduced SwinIR released, KAIR\'s lightweight SR model) stands for it, with the DN/CAR head '
+              '(`upscale: 1`). This is our assumption, not the paper\'s size.',
               '', '## What is not known', '',
               '- The paper\'s HAT_2 (Tables 3 and 4) and SwinIR_1 sizes and their schedules are not public; the '
               'ablation and the fp16 test run here at HAT_1 (HAT-mini), the size of the official files.',

@@ -29,9 +29,12 @@ DATA_PATTERNS = [re.compile(p) for p in (
     r'datasets/DF2K/HR(_sub)?', r'datasets/DF2K/LR_bicubic/X[234](_sub)?',
     r'datasets/SR/(Set5|Set14|B100|Urban100|Manga109)/HR',
     r'datasets/SR/(Set5|Set14|B100|Urban100|Manga109)/LR_bicubic/X[234]',
-    r'datasets/DN/(CBSD68|Kodak24|McMaster|Urban100|Set12|BSD68)', r'datasets/CAR/(classic5|LIVE1|Urban100)')]
-FILE_NAME = re.compile(r'(train|test)_(?P<size>SwinIR|HAT|DRCT|HAT-mini)_(?P<task>SRx[234]|(color|gray)DN_s(15|25|50)|'
-                       r'(color|gray)CAR_q(10|20|30|40))(_(?P<study>normcmp|ablation|gradclip))?_(?P<norm>\w+)\.yml')
+    r'datasets/DN/(CBSD68|Kodak24|McMaster|Urban100|Set12|BSD68)', r'datasets/CAR/(classic5|LIVE1|Urban100)',
+    r'datasets/DR/(Rain13K|Rain100H|Rain100L|Test100|Test1200|Test2800)/(input|target)')]
+FILE_NAME = re.compile(r'(train|test)_(?P<size>SwinIR|HAT|DRCT|HAT-mini|SwinIR-S)_(?P<task>SRx[234]|'
+                       r'(color|gray)DN_s(15|25|50)|(color|gray)CAR_q(10|20|30|40)|Derain)'
+                       r'(_(?P<study>normcmp|ablation|gradclip))?_(?P<norm>\w+)\.yml')
+DERAIN_TEST_SETS = ['Rain100H', 'Rain100L', 'Test100', 'Test1200', 'Test2800']
 
 
 def tree(root):
@@ -84,7 +87,7 @@ def test_committed_files_equal_generator_output(tmp_path):
     result = run_generator('--out', tmp_path)
     assert result.returncode == 0, result.stderr
     fresh = tree(tmp_path)
-    assert len(fresh) == 286, f'expected 286 generated option files, got {len(fresh)}'
+    assert len(fresh) == 294, f'expected 294 generated option files, got {len(fresh)}'
     assert (tmp_path / 'docs' / 'protocol.md').read_text(encoding='utf-8') == \
         (REPO / 'docs' / 'protocol.md').read_text(encoding='utf-8'), 'docs/protocol.md is stale: run the generator'
     missing = sorted(set(fresh) - set(COMMITTED))
@@ -126,6 +129,8 @@ def test_file_counts_per_family():
     assert count(r'options/(train|test)/HAT/(train|test)_HAT-mini_SRx4_gradclip_ln\.yml') == 2
     # HAT_1 with LN and i-LN: the official x2/x4 files, and colour DN/CAR for Table 2
     assert count(r'options/train/HAT/train_HAT-mini_(SRx[24]|colorDN_s\d+|colorCAR_q\d+)_(ln|iln)\.yml') == 18
+    # Table 2(b): HAT_1 and SwinIR-S (for SwinIR_1), LN and i-LN, train and test
+    assert count(r'options/(train|test)/(HAT|SwinIR)/(train|test)_(HAT-mini|SwinIR-S)_Derain_(ln|iln)\.yml') == 8
     assert len(RELEASED) == 26
 
 
@@ -159,7 +164,7 @@ def test_data_paths_follow_datasets_readme():
                 if key in dataset:
                     assert any(p.fullmatch(dataset[key]) for p in DATA_PATTERNS), (rel, phase, dataset[key])
         if 'train' in opt['datasets']:
-            assert opt['datasets']['train']['dataroot_gt'].startswith('datasets/DF2K/HR'), rel
+            assert opt['datasets']['train']['dataroot_gt'].startswith(('datasets/DF2K/HR', 'datasets/DR/Rain13K/')), rel
 
 
 def _parts(rel):
@@ -177,16 +182,19 @@ def test_settings_of_generated_files():
         assert net['norm_type'] == norm, rel
         iln_family = norm in ('iln', 'ln_star', 'ln_rescale')
         assert net['stdnorm'] is (iln_family or with_stdnorm) and net.get('eps') == (1e-4 if iln_family else None), rel
-        assert net['type'] == {'SwinIR': 'SwinIR_iLN', 'HAT': 'HAT_iLN' if iln_family else 'HAT', 'HAT-mini':
-                               'HAT_iLN' if iln_family else 'HAT', 'DRCT': 'DRCT_iLN' if iln_family else 'DRCT'
-                               }[parts['size']], rel
-        window = 16 if parts['size'] != 'SwinIR' else 7 if 'CAR' in task else 8
+        swinir = parts['size'].startswith('SwinIR')
+        assert net['type'] == ('SwinIR_iLN' if swinir else f"{parts['size'].split('-')[0]}_iLN" if iln_family
+                               else parts['size'].split('-')[0]), rel
+        window = 16 if not swinir else 7 if 'CAR' in task else 8
         assert net['window_size'] == window and net['img_size'] % window == 0, rel
-        assert net['img_range'] == (255.0 if parts['size'] == 'SwinIR' and 'CAR' in task else 1.0), rel
-        assert net['embed_dim'] == (96 if parts['size'] == 'HAT-mini' else 180), rel
+        assert net['img_range'] == (255.0 if swinir and 'CAR' in task else 1.0), rel
+        assert net['embed_dim'] == {'HAT-mini': 96, 'SwinIR-S': 60}.get(parts['size'], 180), rel
         assert net['in_chans'] == (1 if task.startswith('gray') else 3), rel
         if task.startswith('SRx'):
             assert scale == net['upscale'] == int(task[3:]) and net['upsampler'] == 'pixelshuffle', rel
+        elif task == 'Derain':  # paired sets of one size: no level, no degradation made on the fly
+            assert scale == net['upscale'] == 1 and net['upsampler'] == '', rel
+            assert {d['type'] for d in opt['datasets'].values()} == {'PairedImageDataset'}, rel
         else:
             assert scale == net['upscale'] == 1 and net['upsampler'] == '', rel
             level = int(task.split('_')[1][1:])
@@ -202,11 +210,15 @@ def test_settings_of_generated_files():
 
 def _check_metrics(rel, opt, task):
     metrics = opt['val']['metrics']
+    names = [d['name'] for k, d in opt['datasets'].items() if k.startswith('test')]
+    if task == 'Derain':  # the deraining papers' MATLAB Y, whole image (basicsr_iln/metrics/matlab_y_metric.py)
+        assert metrics == {m: {'type': f'calculate_{m}_matlab_y', 'crop_border': 0} for m in ('psnr', 'ssim')}, rel
+        assert names in ([], DERAIN_TEST_SETS), rel
+        return
     assert set(metrics) == ({'psnr', 'ssim', 'psnrb'} if 'CAR' in task else {'psnr', 'ssim'}), rel
     sr = task.startswith('SRx')
     for metric in metrics.values():
         assert metric['crop_border'] == (opt['scale'] if sr else 0) and metric['test_y_channel'] is sr, rel
-    names = [d['name'] for k, d in opt['datasets'].items() if k.startswith('test')]
     if names:
         expected = {'SR': ['Set5', 'Set14', 'B100', 'Urban100', 'Manga109'],
                     'colorDN': ['CBSD68', 'Kodak24', 'McMaster', 'Urban100'], 'grayDN': ['Set12', 'BSD68', 'Urban100'],

@@ -157,7 +157,7 @@ def test_download_table_is_complete():
     assert keys == ['DIV2K_train_HR', 'Flickr2K', 'DIV2K_valid_HR', 'benchmark']
     for source in download_datasets.SOURCES.values():
         assert source.url.startswith('https://') and source.filename.endswith(('.zip', '.tar'))
-        assert source.hr_dirs
+        assert source.hr_dirs or source.pair_dirs
     assert set(download_datasets.SOURCES['benchmark'].hr_dirs) == {'Set5', 'Set14', 'B100', 'Urban100'}
     for key in ('DIV2K_train_HR', 'DIV2K_valid_HR'):
         source = download_datasets.SOURCES[key]

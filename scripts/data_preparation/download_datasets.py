@@ -1,22 +1,32 @@
 #!/usr/bin/env python
-"""Download and unpack the super-resolution training and test sets (DIV2K, Flickr2K, benchmarks).
+"""Download and unpack the training and test sets: DIV2K, Flickr2K and the SR benchmarks; the deraining sets.
 
     python scripts/data_preparation/download_datasets.py DIV2K_train_HR DIV2K_valid_HR Flickr2K benchmark \
         --root datasets/downloads
+    python scripts/data_preparation/download_datasets.py Derain --root datasets/downloads
 
-Sources (public, as cited by EDSR/SwinIR/BasicSR):
+Sources (public, as cited by EDSR/SwinIR/BasicSR and MPRNet/Restormer):
   DIV2K_train_HR, DIV2K_valid_HR  https://data.vision.ee.ethz.ch/cvl/DIV2K/  (official). Byte size and
       sha256 are those in tensorflow_datasets' url_checksums/div2k.txt and are verified.
   Flickr2K   https://cv.snu.ac.kr/research/EDSR/Flickr2K.tar  (the EDSR authors' copy, HR and LR;
       no published checksum, so only completeness of the transfer is checked).
   benchmark  https://cv.snu.ac.kr/research/EDSR/benchmark.tar  (EDSR authors): Set5, Set14,
       B100, Urban100, each with HR/ and LR_bicubic/X{2,3,4}/; no published checksum.
+  Rain13K_train, Rain13K_test  the deraining data of MPRNet and Restormer: the Google Drive files that
+      Restormer's Deraining/download_data.py fetches (swz30/Restormer@df766d5; ids below). The train
+      archive unpacks to train/Rain13K/{input,target}/ (13,712 pairs: the union of Rain14000, Rain1800,
+      Rain800 and Rain12 that MPRNet assembled), the test archive to test/{Rain100H,Rain100L,Test100,
+      Test1200,Test2800}/{input,target}/ (the paths Restormer's option file and evaluate_PSNR_SSIM.m
+      read). No published checksum. Google Drive may answer a script with a web page instead of the file
+      (quota, confirmation): the script then names the page to download it from by hand and where to
+      save it; run it again and it unpacks the file that is already there.
   Manga109   not redistributable (http://www.manga109.org/en/download.html); obtain it under its
       licence and put the 109 HR images in a folder yourself (see datasets/README.md).
 
 Downloads go to ``ROOT/<file>.part`` and are renamed when complete, so an interrupted run resumes
 (HTTP Range) where it stopped. Archives are unpacked into ROOT once (a marker file records it).
-Afterwards, run prepare_sr.py on the HR folders that the script prints.
+Afterwards, run prepare_sr.py on the HR folders and prepare_derain.py on the deraining sets that the
+script prints.
 """
 import argparse
 import hashlib
@@ -37,14 +47,22 @@ class Source:
     size: int = None  # bytes, when published
     sha256: str = None  # when published
     hr_dirs: dict = field(default_factory=dict)  # dataset name -> HR folder inside ROOT after unpacking
+    pair_dirs: dict = field(default_factory=dict)  # dataset name -> folder of input/ and target/ after unpacking
+    archive: str = None  # file name to save as, for URLs that do not end with one
+    page: str = None  # where a person can download the file when the host refuses a script
 
     @property
     def filename(self):
-        return self.url.rsplit('/', 1)[-1]
+        return self.archive or self.url.rsplit('/', 1)[-1]
 
 
 _EDSR = 'https://cv.snu.ac.kr/research/EDSR'
 _DIV2K = 'https://data.vision.ee.ethz.ch/cvl/DIV2K'
+# Google Drive's direct download (confirm=t skips the page that asks to confirm a large file).
+_DRIVE = 'https://drive.usercontent.google.com/download?export=download&confirm=t&id='
+_DRIVE_PAGE = 'https://drive.google.com/file/d/'
+_RAIN_TRAIN_ID, _RAIN_TEST_ID = '14BidJeG4nSNuFNFDf99K-7eErCq4i47t', '1P_-RAvltEoEhfT-9GrWRdpEi6NSswTs8'
+DERAIN_TEST_SETS = ('Rain100H', 'Rain100L', 'Test100', 'Test1200', 'Test2800')
 SOURCES = {
     'DIV2K_train_HR': Source(f'{_DIV2K}/DIV2K_train_HR.zip', 3530603713,
                              '9d0b9c463f6e35b6c62cc6a930ee2224f670b34c1df841a57670f9acf0f6c335',
@@ -55,13 +73,18 @@ SOURCES = {
     'Flickr2K': Source(f'{_EDSR}/Flickr2K.tar', hr_dirs={'Flickr2K_HR': 'Flickr2K/Flickr2K_HR'}),
     'benchmark': Source(f'{_EDSR}/benchmark.tar',
                         hr_dirs={name: f'benchmark/{name}/HR' for name in ('Set5', 'Set14', 'B100', 'Urban100')}),
+    'Rain13K_train': Source(_DRIVE + _RAIN_TRAIN_ID, archive='Rain13K_train.zip', page=_DRIVE_PAGE + _RAIN_TRAIN_ID,
+                            pair_dirs={'Rain13K': 'train/Rain13K'}),
+    'Rain13K_test': Source(_DRIVE + _RAIN_TEST_ID, archive='Rain13K_test.zip', page=_DRIVE_PAGE + _RAIN_TEST_ID,
+                           pair_dirs={name: f'test/{name}' for name in DERAIN_TEST_SETS}),
 }
 MANUAL = {
     'Manga109': 'not redistributable: request it at http://www.manga109.org/en/download.html, put the 109 '
                 'HR images in one folder and run prepare_sr.py bicubic on it (datasets/README.md).',
 }
 ALIASES = {'DF2K': ['DIV2K_train_HR', 'Flickr2K'], 'Set5': ['benchmark'], 'Set14': ['benchmark'],
-           'B100': ['benchmark'], 'Urban100': ['benchmark']}
+           'B100': ['benchmark'], 'Urban100': ['benchmark'], 'Derain': ['Rain13K_train', 'Rain13K_test'],
+           'Rain13K': ['Rain13K_train'], **{name: ['Rain13K_test'] for name in DERAIN_TEST_SETS}}
 
 
 def resolve(names):
@@ -165,13 +188,20 @@ def main(argv=None):
             print(f'{key}: already downloaded and extracted in {args.root}')
         else:
             archive = download(source, args.root)
-            extract(archive, args.root)
+            try:
+                extract(archive, args.root)
+            except ValueError as err:
+                if not source.page:
+                    raise
+                sys.exit(f'error: {err}: the host sent something else (a web page?); download the file from '
+                         f'{source.page}, save it as {archive} (replacing this one) and run again')
             if not args.keep_archives:
                 os.remove(archive)
-        for name, rel in source.hr_dirs.items():
-            path = osp.join(args.root, rel)
-            found = '' if osp.isdir(path) else '  (NOT FOUND: check the archive layout)'
-            print(f'{name}: HR images in {path}{found}')
+        for what, folders in (('HR images', source.hr_dirs), ('input/ and target/ pairs', source.pair_dirs)):
+            for name, rel in folders.items():
+                path = osp.join(args.root, rel)
+                found = '' if osp.isdir(path) else '  (NOT FOUND: check the archive layout)'
+                print(f'{name}: {what} in {path}{found}')
 
 
 if __name__ == '__main__':
