@@ -22,7 +22,8 @@ def test_train_then_test_cli(tiny_sr_data, tmp_path):
         assert (exp / 'models' / name).is_file(), name
     assert (exp / 'training_states' / '4.state').is_file()
     ckpt = torch.load(exp / 'models' / 'net_g_latest.pth', weights_only=True)
-    assert set(ckpt) == {'params', 'params_ema'}
+    assert set(ckpt) == {'params', 'params_ema', 'network_config'}  # BasicSR's layout + what rebuilds the network
+    assert ckpt['network_config']['kwargs']['norm_type'] == 'iln' and ckpt['network_config']['kwargs']['stdnorm']
     assert any(k.endswith('norm1.gamma') for k in ckpt['params'])  # i-LN layers were trained and saved
 
     records = read_metrics(exp)

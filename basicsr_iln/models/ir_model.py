@@ -5,9 +5,10 @@ What it changes, and why:
 * DDP works on CPU (gloo) as well as on GPUs (BasicSR passes a CUDA device id unconditionally);
   ``train.sync_bn`` (default true) makes BatchNorm layers use all processes' batch statistics;
 * the EMA network also averages BatchNorm running statistics (``model_ema``);
-* checkpoints load with ``weights_only=True`` from any released layout, with one clear mismatch
-  error, and are written atomically; training states also hold the RNG states, so a resumed run
-  continues the same random streams;
+* checkpoints load with ``weights_only=True`` from any released layout (``.pth`` or ``.safetensors``),
+  with one clear mismatch error, and are written atomically with the network config beside the
+  weights (``network_config``: a load into a network built otherwise is refused); training states
+  also hold the RNG states, so a resumed run continues the same random streams;
 * training can run under bf16/fp16 autocast (``train.precision``; fp16 with a gradient scaler);
 * option ``compile`` (true, or torch.compile arguments) compiles the trained network; checkpoints,
   EMA and evaluation use the original module, so saved keys and test-time shapes are unaffected;
@@ -42,7 +43,7 @@ from basicsr.models.base_model import BaseModel
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info, master_only
-from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
@@ -54,6 +55,7 @@ from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights, prune_
 from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 from basicsr_iln.utils.inference import restore
+from basicsr_iln.utils.network_config import NETWORK_CONFIG_KEY, arch_class, network_config
 from basicsr_iln.utils.schema import read_option, resolve_option
 
 PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -67,11 +69,15 @@ def precision_dtype(name, key):
 
 def compile_network(net, compile_opt):
     """``torch.compile(net, **kwargs)`` for option ``compile: true`` or ``compile: {backend: eager, ...}``
-    (checked against the schema here too: the model may get options that never went through the CLI)."""
+    (checked against the schema here too: the model may get options that never went through the CLI).
+    Static shapes unless ``dynamic: true``: torch's dynamic-shape tracing of these networks hangs in shape
+    simplification once a third image size is seen, and training crops all have one size."""
     if compile_opt is False or compile_opt is None:
         return net
     kwargs = resolve_option('compile', compile_opt)
-    return torch.compile(net, **({} if kwargs is True else kwargs))
+    kwargs = {} if kwargs is True else dict(kwargs)
+    kwargs.setdefault('dynamic', read_option({}, 'compile.dynamic'))
+    return torch.compile(net, **kwargs)
 
 
 def grad_clip_option(train_opt):
@@ -92,9 +98,7 @@ def total_norm(tensors):
 def build_network_checked(net_opt):
     """``build_network`` that names the architecture and the bad option instead of a bare TypeError."""
     arch = net_opt.get('type')
-    if arch not in ARCH_REGISTRY:
-        valid = ', '.join(sorted(name for name, _ in ARCH_REGISTRY))
-        raise ConfigError(f"unknown network_g type '{arch}'. Registered architectures: {valid}")
+    arch_class(arch)
     try:
         return build_network(net_opt)
     except (TypeError, ValueError) as err:
@@ -293,7 +297,8 @@ class IRModel(SRModel):
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         net = self.get_bare_model(net)
-        load_weights(net, load_path, param_key=param_key, strict=strict, arch_desc=self._arch_desc())
+        load_weights(net, load_path, param_key=param_key, strict=strict, arch_desc=self._arch_desc(),
+                     network_config=network_config(self.opt['network_g']))
         get_root_logger().info(f'Loaded {type(net).__name__} from {load_path} [{param_key}].')
 
     def _arch_desc(self):
@@ -322,12 +327,16 @@ class IRModel(SRModel):
 
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
+        """BasicSR's layout (``params``/``params_ema``), plus ``network_config`` for net_g, so the file
+        alone rebuilds its network (``basicsr-iln-infer -c``) and cannot load into another by mistake."""
         nets = net if isinstance(net, list) else [net]
         keys = param_key if isinstance(param_key, list) else [param_key]
         save_dict = {
             key: {k: v.detach().cpu() for k, v in self.get_bare_model(n).state_dict().items()}
             for n, key in zip(nets, keys)
         }
+        if net_label == 'net_g':
+            save_dict[NETWORK_CONFIG_KEY] = network_config(self.opt['network_g'])
         label = 'latest' if current_iter == -1 else current_iter
         atomic_torch_save(save_dict, osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth'))
 
@@ -374,7 +383,9 @@ class IRModel(SRModel):
         net = self.inference_network()
         was_training = net.training
         net.eval()
-        self.output = restore(net, self.lq, ensemble=(self.opt.get('val') or {}).get('self_ensemble', False))
+        val_opt = self.opt.get('val') or {}
+        self.output = restore(net, self.lq, ensemble=read_option(val_opt, 'val.self_ensemble'),
+                              max_chunk_tokens=read_option(val_opt, 'val.max_chunk_tokens'))
         net.train(was_training)
 
     def validation(self, dataloader, current_iter, tb_logger, save_img=False):

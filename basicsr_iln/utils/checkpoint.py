@@ -1,23 +1,33 @@
-"""Checkpoint I/O: safe loading of every released layout, atomic saving, clear mismatch errors."""
+"""Checkpoint I/O: safe loading of every released layout (``.pth`` and ``.safetensors``), atomic saving,
+clear mismatch errors, and the network config our checkpoints carry (utils/network_config.py)."""
+import json
 import os
 import pickle
 import re
 import tempfile
 from os import path as osp
 
+import safetensors.torch
 import torch
 from basicsr.utils import get_root_logger
+from safetensors import SafetensorError
 
+from basicsr_iln.archs.norms import norm_scheme
 from .errors import ConfigError
+from .network_config import NETWORK_CONFIG_KEY, checkpoint_network_config, config_differences, describe_differences
 
 # Where released checkpoints keep their weights, in the order we look for them.
 PARAM_KEYS = ('params_ema', 'params', 'state_dict', 'model')
+SAFETENSORS_SUFFIX = '.safetensors'
 
 
 def load_checkpoint_file(path):
-    """``torch.load`` with ``weights_only=True``: a file that needs arbitrary unpickling is refused."""
+    """``torch.load`` with ``weights_only=True``: a file that needs arbitrary unpickling is refused.
+    A ``.safetensors`` file is read as ``{'params': tensors, 'network_config': ...}`` (see load_safetensors)."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint not found: {path}')
+    if str(path).lower().endswith(SAFETENSORS_SUFFIX):
+        return load_safetensors(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
@@ -28,6 +38,34 @@ def load_checkpoint_file(path):
                           'and re-save its state dict') from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ConfigError(f'cannot read checkpoint {path}: {str(err).splitlines()[0]}') from None
+
+
+def load_safetensors(path):
+    """``{'params': tensors}``, plus ``network_config`` when the metadata holds one (JSON). Safe by
+    construction: the format is a JSON header and raw tensor bytes, nothing in it can run."""
+    try:
+        with safetensors.safe_open(str(path), framework='pt') as f:
+            metadata = f.metadata() or {}
+            checkpoint = {'params': {key: f.get_tensor(key) for key in f.keys()}}
+    except (SafetensorError, OSError) as err:
+        raise ConfigError(f'cannot read checkpoint {path}: {str(err).splitlines()[0]}') from None
+    if NETWORK_CONFIG_KEY in metadata:
+        try:
+            checkpoint[NETWORK_CONFIG_KEY] = json.loads(metadata[NETWORK_CONFIG_KEY])
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"checkpoint {path}: its metadata '{NETWORK_CONFIG_KEY}' is not JSON ({err})") from None
+    return checkpoint
+
+
+def save_safetensors(state_dict, path, network_config=None):
+    """Write ``state_dict`` to ``path`` as safetensors (atomically), with ``network_config`` as JSON in the
+    metadata key ``network_config``: other tools load it without pickle, ours rebuild the network from it."""
+    tensors = {key: value.detach().cpu().clone().contiguous() for key, value in state_dict.items()}  # no shared memory
+    metadata = {'format': 'pt'}
+    if network_config is not None:
+        metadata[NETWORK_CONFIG_KEY] = json.dumps(network_config)
+    payload = safetensors.torch.save(tensors, metadata)
+    _atomic_write(path, lambda f: f.write(payload))
 
 
 def extract_state_dict(checkpoint, path, param_key='params'):
@@ -50,15 +88,49 @@ def _first(items, n=5):
     return ', '.join(items[:n]) + (f' (+{len(items) - n} more)' if len(items) > n else '') if items else 'none'
 
 
-def load_weights(net, path, param_key='params', strict=True, arch_desc=None):
+def check_network_config(checkpoint, path, built_config, strict=True, source='network_g'):
+    """Refuse (``strict``) or warn about a checkpoint whose recorded network config differs from the one
+    of the network built to load it (``source`` names where that network was given).
+
+    Without a recorded config (released checkpoints) only the keys and shapes can be checked: ``stdnorm``,
+    ``eps`` and ``img_range`` leave no trace in the weights. Such a load into a network whose input
+    handling is not its norm scheme's default (the official release's) is therefore logged as suspect.
+    """
+    saved = checkpoint_network_config(checkpoint, path)
+    if saved is None:
+        kwargs = built_config['kwargs']
+        if 'norm_type' in kwargs and kwargs.get('stdnorm', False) != norm_scheme(kwargs['norm_type']).stdnorm:
+            get_root_logger().warning(
+                f"Checkpoint {path} records no network config, and {source} sets stdnorm "
+                f"{json.dumps(kwargs.get('stdnorm'))}, not the default of norm_type {kwargs['norm_type']}: "
+                'the outputs are wrong unless the checkpoint was trained so (official i-LN ones need stdnorm true)')
+        return
+    differences = config_differences(saved, built_config)
+    if differences and strict:
+        raise ConfigError(f'checkpoint {path} was saved from another network: '
+                          f'{describe_differences(differences, source)} (make {source} match the checkpoint, '
+                          'or set path.strict_load_g: false to fine-tune from it)')
+    if differences:
+        get_root_logger().warning(f'Loading {path} into a network built otherwise (strict_load_g false): '
+                                  f'{describe_differences(differences, source)}')
+
+
+def load_weights(net, path, param_key='params', strict=True, arch_desc=None, network_config=None, checkpoint=None):
     """Load a checkpoint into ``net``; a key/shape mismatch raises one error listing the first
     missing, unexpected and mis-shaped keys and the architecture that was built.
 
     ``strict=False`` is for fine-tuning across scales (HAT and the official i-LN release start x3/x4
     from the x2 model): as in BasicSR, keys that are missing, unexpected or mis-shaped (the upsampler)
     are skipped with a warning; it is still an error when most of the network would stay untouched,
-    which means the checkpoint is of another architecture."""
-    state = extract_state_dict(load_checkpoint_file(path), path, param_key)
+    which means the checkpoint is of another architecture.
+
+    ``network_config``: that of ``net`` (utils/network_config.py), checked against the checkpoint's by
+    :func:`check_network_config`. ``checkpoint``: the content of ``path`` when the caller already read it.
+    """
+    checkpoint = load_checkpoint_file(path) if checkpoint is None else checkpoint
+    if network_config is not None:
+        check_network_config(checkpoint, path, network_config, strict)
+    state = extract_state_dict(checkpoint, path, param_key)
     own = net.state_dict()
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
@@ -83,14 +155,20 @@ def load_weights(net, path, param_key='params', strict=True, arch_desc=None):
 
 
 def atomic_torch_save(obj, path):
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
-    truncated file under ``path``."""
+    """``torch.save(obj, path)``, atomically (:func:`_atomic_write`)."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _atomic_write(path, write):
+    """Call ``write(file)`` on a temporary file in the same folder, fsync, then rename: a crash never
+    leaves a truncated file under ``path``. The temporary is ``.tmp_*.pth`` whatever ``path`` is, the
+    pattern :func:`remove_stale_temporaries` deletes."""
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.pth', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
