@@ -17,11 +17,13 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['basicsr_iln', 'basicsr_iln.*']),
     install_requires=requirements,
+    extras_require={'export': ['onnx', 'onnxruntime']},  # basicsr-iln-export checks its files with onnxruntime
     entry_points={
         'console_scripts': [
             'basicsr-iln-train=basicsr_iln.train:main',
             'basicsr-iln-test=basicsr_iln.test:main',
             'basicsr-iln-infer=basicsr_iln.infer:main',
+            'basicsr-iln-export=basicsr_iln.export:main',
         ],
     },
 )

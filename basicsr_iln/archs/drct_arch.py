@@ -82,14 +82,15 @@ class DRCT(RestorationTransformer):
     entry; the depths only shape the drop-path schedule: RDG i uses the rate of block
     ``sum(depths[:i])``), and ``compress_ratio``, ``squeeze_factor``, ``conv_scale`` and
     ``overlap_ratio`` are accepted for option-file compatibility but unused. Added: ``norm_type``
-    (default 'ln'), ``eps`` (the norms' eps; None: each norm's default) and ``stdnorm``.
+    (default 'ln'), ``eps`` (the norms' eps; None: each norm's default) and ``stdnorm`` (None: the
+    norm scheme's default, true for i-LN).
     """
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6),
                  num_heads=(6, 6, 6, 6), window_size=7, compress_ratio=3, squeeze_factor=30, conv_scale=0.01,
                  overlap_ratio=0.5, mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0., attn_drop_rate=0.,
                  drop_path_rate=0.1, ape=False, patch_norm=True, use_checkpoint=False, upscale=2, img_range=1.,
-                 upsampler='', resi_connection='1conv', gc=32, norm_type='ln', eps=None, stdnorm=False):
+                 upsampler='', resi_connection='1conv', gc=32, norm_type='ln', eps=None, stdnorm=None):
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          window_size=window_size, drop_rate=drop_rate, ape=ape, patch_norm=patch_norm,
                          upscale=upscale, img_range=img_range, upsampler=upsampler, resi_connection=resi_connection,

@@ -19,15 +19,17 @@ affine-only stem norms.
 """
 import torch
 import torch.nn.functional as F
-from basicsr.archs.swinir_arch import window_partition, window_reverse
+from basicsr.archs.swinir_arch import window_partition
 from basicsr.utils.registry import ARCH_REGISTRY
 from timm.layers import Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .chunking import attend_in_chunks, tokenwise_in_chunks
 from .norms import build_branch_norm, residual_add
 from .transformer_core import (BlockSequence, ResidualGroup, RestorationTransformer, biased_attention,
-                               relative_position_index, shifted_window_blocks, shifted_window_mask, stage_plan)
+                               relative_position_index, shifted_window_blocks, shifted_window_mask, stage_plan,
+                               window_reverse)
 
 
 def _grid_coords(size):
@@ -137,12 +139,13 @@ class OCAB(nn.Module):
         if rpi_oca is None:
             rpi_oca = overlapping_relative_position_index(ws, ows).to(x.device)
         bias = self.relative_position_bias_table[rpi_oca.view(-1)].view(ws * ws, ows * ows, -1).permute(2, 0, 1)
-        out = biased_attention(q, k, v, bias, scale=self.scale)
+        out = attend_in_chunks(lambda q_, k_, v_, mask: biased_attention(q_, k_, v_, bias, scale=self.scale),
+                               q, None, q.shape[0] // b, ws * ws, k, v)
         out = window_reverse(out.transpose(1, 2).reshape(-1, ws, ws, c), ws, h, w).reshape(b, h * w, c)
 
         x = residual_add(x, self.proj(out), scale)
         y, scale = self.norm2.forward_with_scale(x)
-        return residual_add(x, self.mlp(y), scale)
+        return residual_add(x, tokenwise_in_chunks(self.mlp, y), scale)
 
     def extra_repr(self):
         return (f'dim={self.dim}, window_size={self.window_size}, overlap_win_size={self.overlap_win_size}, '
@@ -172,15 +175,16 @@ class HAT(RestorationTransformer):
     Keyword arguments are those of the released HAT (except ``norm_layer``; choose ``norm_type``),
     plus ``norm_type`` (default 'ln'), ``eps`` (the norms' eps; None: each norm's default, 1e-4 for
     i-LN) and ``stdnorm`` (also divide the input by the DIV2K std, as the official i-LN option files
-    do). Unknown keyword arguments raise TypeError. Inputs of any size are reflect-padded to a window
-    multiple and the output cropped back.
+    do; None: the norm scheme's default, so ``HAT_iLN`` gets true as released). Unknown keyword
+    arguments raise TypeError. Inputs of any size are reflect-padded to a window multiple and the
+    output cropped back.
     """
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6),
                  num_heads=(6, 6, 6, 6), window_size=7, compress_ratio=3, squeeze_factor=30, conv_scale=0.01,
                  overlap_ratio=0.5, mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0., attn_drop_rate=0.,
                  drop_path_rate=0.1, ape=False, patch_norm=True, use_checkpoint=False, upscale=2, img_range=1.,
-                 upsampler='', resi_connection='1conv', norm_type='ln', eps=None, stdnorm=False):
+                 upsampler='', resi_connection='1conv', norm_type='ln', eps=None, stdnorm=None):
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          window_size=window_size, drop_rate=drop_rate, ape=ape, patch_norm=patch_norm,
                          upscale=upscale, img_range=img_range, upsampler=upsampler, resi_connection=resi_connection,
@@ -193,8 +197,6 @@ class HAT(RestorationTransformer):
             raise ValueError(f'overlap_ratio must be >= 0, got {overlap_ratio}.')
         self.overlap_ratio = overlap_ratio
         self.shift_size = window_size // 2
-        # The blocks shift only when the construction-time resolution exceeds the window.
-        self._shifted = min(self.patches_resolution) > window_size
         self.register_buffer('relative_position_index_SA', relative_position_index(window_size))
         self.register_buffer('relative_position_index_OCA',
                              overlapping_relative_position_index(window_size,

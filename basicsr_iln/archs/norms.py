@@ -49,6 +49,24 @@ def _float_var_mean(x, dims):
     return torch.var_mean(x.float(), dim=dims, unbiased=False, keepdim=True)
 
 
+_is_exporting = getattr(torch.compiler, 'is_exporting', lambda: False)  # torch >= 2.7
+
+
+def recording_graph():
+    """True while torch.jit.trace (and with it the TorchScript ONNX exporter) or torch.export records
+    the network. The eager fast paths below cannot be recorded: custom autograd functions, ``out=``
+    into a live tensor, and a size list taken from the input (frozen to the recorded size)."""
+    return torch.jit.is_tracing() or _is_exporting()
+
+
+def multiply_add(shift, x, factor):
+    """``shift + x * factor``: one ``addcmul`` eagerly; separate ops in a recorded graph, where the ONNX
+    exporter would give addcmul's unit ``value`` the type float32 and so promote half-precision graphs."""
+    if recording_graph():
+        return shift + x * factor
+    return torch.addcmul(shift, x, factor)
+
+
 class _BranchNormMixin:
     """``forward`` of a branch norm is ``forward_with_scale`` without the scale."""
 
@@ -84,6 +102,14 @@ def _holistic_layer_norm(x, gamma, beta, eps, keep_x_hat=True):
     x_hat, _, rstd = torch.native_layer_norm(x, x.shape[1:], None, None, eps)
     y = torch.addcmul(beta.to(x.dtype), x_hat, gamma.to(x.dtype), out=None if keep_x_hat else x_hat)
     return y, rstd.reciprocal(), x_hat, rstd
+
+
+def _recordable_holistic_layer_norm(x, gamma, beta, eps):
+    """``(y, std)`` of LN* from plain differentiable ops, for graph recording (see ``recording_graph``)."""
+    dims = tuple(range(1, x.dim()))
+    centred = x - x.mean(dim=dims, keepdim=True)
+    std = torch.sqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
+    return centred / std * gamma.to(x.dtype) + beta.to(x.dtype), std
 
 
 def _normalized_layer_norm_backward(grad, x_hat, weight, output_mask):
@@ -138,6 +164,7 @@ class HolisticLayerNorm(_BranchNormMixin, nn.Module):
 
     Keys ``gamma``/``beta`` as in the official i-LN release.
     """
+    image_wide_statistics = True  # a crop of the image gets other statistics: tiling is not exact
 
     def __init__(self, dim, eps=DEFAULT_ILN_EPS, rescale=True):
         super().__init__()
@@ -148,7 +175,9 @@ class HolisticLayerNorm(_BranchNormMixin, nn.Module):
 
     def forward_with_scale(self, x):
         args = x.float(), self.gamma, self.beta, self.eps
-        if torch.is_grad_enabled():
+        if recording_graph():
+            y, std = _recordable_holistic_layer_norm(*args)
+        elif torch.is_grad_enabled():
             y, std = _HolisticLayerNormFunction.apply(*args)
         else:  # inference: the autograd.Function machinery alone costs ~3% of a small network's forward
             y, std = _holistic_layer_norm(*args, keep_x_hat=False)[:2]
@@ -167,11 +196,12 @@ class Affine(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x):
-        return torch.addcmul(self.beta, x, self.gamma)
+        return multiply_add(self.beta, x, self.gamma)
 
 
 class InstanceNorm(_BranchNormMixin, nn.Module):
     """Per sample and per channel over the tokens, then a per-channel affine."""
+    image_wide_statistics = True
 
     def __init__(self, dim, eps=1e-5):
         super().__init__()
@@ -236,10 +266,14 @@ class BatchNorm(_BranchNormMixin, nn.BatchNorm1d):
         self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
 
 
-class RMSNorm(nn.RMSNorm):
+class RMSNorm(_BranchNormMixin, nn.RMSNorm):
 
     def forward_with_scale(self, x):
-        return super().forward(x), None
+        if recording_graph():  # ONNX has an RMS norm operator from opset 23 only: spell it out
+            eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+            rms = torch.rsqrt(x.float().square().mean(dim=-1, keepdim=True) + eps)
+            return (x.float() * rms).to(x.dtype) * self.weight, None
+        return nn.RMSNorm.forward(self, x), None  # not the mixin's forward, which calls back here
 
 
 class LayerScaleNorm(LayerNorm):
@@ -303,13 +337,17 @@ class NormScheme:
     default_eps: Optional[float] = None  # None: the layer's own default
     stdnorm: bool = False  # the input handling the scheme is trained with (i-LN: as the official release)
 
+    def resolve_eps(self, eps):
+        """``eps`` as the norms use it: None is the scheme's default (still None where the layer has its own)."""
+        return self.default_eps if eps is None else eps
+
     def build_branch(self, dim, eps=None):
-        return self.branch(dim, self.default_eps if eps is None else eps)
+        return self.branch(dim, self.resolve_eps(eps))
 
     def build_stem(self, dim, eps=None):
         if self.rescales_by_input_std:
             return Affine(dim)
-        return self.normalisation(dim, self.default_eps if eps is None else eps)
+        return self.normalisation(dim, self.resolve_eps(eps))
 
 
 NORM_SCHEMES = {
@@ -340,6 +378,14 @@ def norm_scheme(norm_type):
 def check_norm_type(norm_type):
     norm_scheme(norm_type)
     return norm_type
+
+
+def resolve_stdnorm(norm_type, stdnorm):
+    """``stdnorm`` as the network uses it: None is the scheme's input handling (i-LN: divide by the DIV2K
+    std, as the official release, whose checkpoints give wrong outputs without it)."""
+    if stdnorm is not None and not isinstance(stdnorm, bool):
+        raise ValueError(f"stdnorm must be true, false or null (the norm scheme's default), got {stdnorm!r}.")
+    return norm_scheme(norm_type).stdnorm if stdnorm is None else stdnorm
 
 
 def build_branch_norm(norm_type, dim, eps=None):
@@ -376,6 +422,7 @@ def residual_add(shortcut, branch_out, scale):
     if scale is None:
         return shortcut + branch_out
     scale = scale.to(branch_out.dtype)
-    if torch.is_grad_enabled():  # without autograd the function's machinery would be pure overhead
+    # Without autograd the function's machinery would be pure overhead; a graph recorder cannot hold it.
+    if torch.is_grad_enabled() and not recording_graph():
         return _ScaledResidualFunction.apply(shortcut, branch_out, scale)
-    return torch.addcmul(shortcut, branch_out, scale)
+    return multiply_add(shortcut, branch_out, scale)

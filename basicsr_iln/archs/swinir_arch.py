@@ -16,13 +16,14 @@ class SwinIR_iLN(RestorationTransformer):
 
     Keyword arguments are those of the released SwinIR plus ``norm_type`` (default 'iln'), ``eps``
     (the norms' eps; None: each norm's default, 1e-4 for i-LN) and ``stdnorm`` (also divide the
-    input by the DIV2K per-channel std, as the official i-LN option files do).
+    input by the DIV2K per-channel std, as the official i-LN option files do; None: the norm scheme's
+    default, true for i-LN and its ablations, false otherwise).
     """
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6),
                  num_heads=(6, 6, 6, 6), window_size=7, mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0.,
                  attn_drop_rate=0., drop_path_rate=0.1, ape=False, patch_norm=True, use_checkpoint=False, upscale=2,
-                 img_range=1., upsampler='', resi_connection='1conv', norm_type='iln', eps=None, stdnorm=False):
+                 img_range=1., upsampler='', resi_connection='1conv', norm_type='iln', eps=None, stdnorm=None):
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          window_size=window_size, drop_rate=drop_rate, ape=ape, patch_norm=patch_norm,
                          upscale=upscale, img_range=img_range, upsampler=upsampler, resi_connection=resi_connection,

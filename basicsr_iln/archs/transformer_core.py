@@ -13,12 +13,14 @@ load key for key.
 """
 import torch
 import torch.nn.functional as F
-from basicsr.archs.swinir_arch import PatchEmbed, PatchUnEmbed, Upsample, UpsampleOneStep, window_partition, window_reverse
+from basicsr.archs.swinir_arch import PatchEmbed, PatchUnEmbed, Upsample, UpsampleOneStep, window_partition
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .norms import build_branch_norm, build_stem_norm, check_norm_type, residual_add
+from .chunking import attend_in_chunks, tokenwise_in_chunks
+from .norms import (build_branch_norm, build_stem_norm, check_norm_type, recording_graph, residual_add,
+                    resolve_stdnorm)
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR/HAT/DRCT
 RGB_STD = (0.2842, 0.2701, 0.2920)  # DIV2K std, used by the official i-LN release with stdnorm
@@ -34,16 +36,32 @@ def relative_position_index(window_size):
     return relative[..., 0] * (2 * window_size - 1) + relative[..., 1]
 
 
+def window_reverse(windows, window_size, h, w):
+    """(B*nW, ws, ws, C) windows -> (B, h, w, C), as basicsr's ``window_reverse``, which converts the batch
+    size to a Python int: here it is inferred, so a traced or exported graph keeps the batch dynamic."""
+    channels = windows.shape[-1]
+    x = windows.view(-1, h // window_size, w // window_size, window_size, window_size, channels)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, channels)
+
+
 def shifted_window_mask(x_size, window_size, shift_size, device=None):
-    """(num_windows, N, N) additive mask that stops attention across the regions a cyclic shift joins."""
-    h, w = x_size
-    region = torch.zeros((1, h, w, 1), device=device)
-    bounds = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
-    for i, (hs, ws) in enumerate((hs, ws) for hs in bounds for ws in bounds):
-        region[:, hs, ws, :] = i
+    """(num_windows, N, N) additive mask that stops attention across the regions a cyclic shift joins.
+
+    Built from comparisons with ``x_size`` (no Python branch or loop over it), so a traced or exported
+    network computes the mask for the size it is given.
+    """
+    rows, cols = (_shift_regions(size, window_size, shift_size, device) for size in x_size)
+    region = (rows[:, None] * 3 + cols[None, :])[None, :, :, None]
     region = window_partition(region, window_size).view(-1, window_size * window_size)
     different = (region.unsqueeze(1) - region.unsqueeze(2)) != 0
     return torch.zeros(different.shape, device=device).masked_fill(different, SHIFT_MASK_VALUE)
+
+
+def _shift_regions(size, window_size, shift_size, device):
+    """Region of every row (or column) after a cyclic shift by ``shift_size``: 0 up to the last window,
+    1 in the last window before the wrapped-around strip, 2 in the last ``shift_size`` (the released slices)."""
+    index = torch.arange(size, device=device)
+    return (index >= size - window_size).long() + (index >= size - shift_size).long()
 
 
 def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
@@ -53,9 +71,10 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
     mask: (nW, Nq, Nk) or None, shared by the B images of the batch.
 
     Training on CPU uses the explicit formula instead: torch's fused CPU kernel has no gradient for
-    the mask (the learned bias), so SDPA would fall back to its math path, about twice as slow.
+    the mask (the learned bias), so SDPA would fall back to its math path, about twice as slow. A
+    recorded graph (trace, export) always holds the fused attention, whatever the grad mode.
     """
-    if q.device.type == 'cpu' and bias.requires_grad and torch.is_grad_enabled():
+    if q.device.type == 'cpu' and bias.requires_grad and torch.is_grad_enabled() and not recording_graph():
         return _explicit_biased_attention(q, k, v, bias, mask, dropout_p, scale)
     if mask is None:
         attn_mask = bias.unsqueeze(0)
@@ -86,6 +105,9 @@ class WindowAttention(nn.Module):
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0.,
                  register_index=True):
         super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'the width {dim} must be divisible by num_heads ({num_heads}): each head gets '
+                             'width / num_heads channels')
         self.dim = dim
         self.window_size = window_size
         self.num_heads = num_heads
@@ -121,7 +143,9 @@ class TransformerBlock(nn.Module):
     ``attn(n1(x)) + conv_scale * conv_block(n1(x))``, so i-LN rescales the conv branch too.
 
     ``register_buffers``: keep the relative-position index and, for shifted blocks, the shift mask
-    for ``input_resolution`` as buffers (SwinIR, DRCT layouts); HAT passes both in.
+    for ``input_resolution`` as buffers (SwinIR, DRCT layouts); HAT passes both in. The mask buffer
+    is only there for the released checkpoints' keys: forward uses the mask for the actual size (the
+    ``attn_mask`` argument, else computed), so a traced or exported block is right at every size.
     """
 
     def __init__(self, dim, input_resolution, num_heads, window_size=7, shift_size=0, mlp_ratio=4., qkv_bias=True,
@@ -163,12 +187,11 @@ class TransformerBlock(nn.Module):
         mask = None
         if shift > 0:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-            use_buffer = self.attn_mask is not None and tuple(x_size) == self.input_resolution
-            mask = self.attn_mask if use_buffer else attn_mask
-            if mask is None:
-                mask = shifted_window_mask(x_size, ws, shift, x.device)
+            mask = shifted_window_mask(x_size, ws, shift, x.device) if attn_mask is None else attn_mask
         windows = window_partition(x, ws).view(-1, ws * ws, c)
-        windows = self.attn(windows, mask=mask, rpi=rpi).view(-1, ws, ws, c)
+        windows = attend_in_chunks(lambda q, m: self.attn(q, mask=m, rpi=rpi), windows, mask, windows.shape[0] // b,
+                                   ws * ws)
+        windows = windows.view(-1, ws, ws, c)
         x = window_reverse(windows, ws, h, w)
         if shift > 0:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
@@ -185,7 +208,7 @@ class TransformerBlock(nn.Module):
             branch = branch + conv * self.conv_scale
         x = residual_add(x, branch, scale)
         y, scale = self.norm2.forward_with_scale(x)
-        return residual_add(x, self.drop_path(self.mlp(y)), scale)
+        return residual_add(x, self.drop_path(tokenwise_in_chunks(self.mlp, y)), scale)
 
     def extra_repr(self):
         return (f'dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, '
@@ -259,7 +282,7 @@ class RestorationTransformer(nn.Module):
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, window_size=7, drop_rate=0., ape=False,
                  patch_norm=True, upscale=2, img_range=1., upsampler='', resi_connection='1conv', norm_type='ln',
-                 eps=None, stdnorm=False, num_feat=64):
+                 eps=None, stdnorm=None, num_feat=64):
         super().__init__()
         check_norm_type(norm_type)
         if upsampler not in UPSAMPLERS:
@@ -275,7 +298,8 @@ class RestorationTransformer(nn.Module):
         self.norm_type = norm_type
         self.embed_dim = embed_dim
         mean = RGB_MEAN if in_chans == 3 else (0.0, )
-        std = (RGB_STD if in_chans == 3 else RGB_STD[:1]) if stdnorm else (1.0, ) * in_chans
+        self.stdnorm = resolve_stdnorm(norm_type, stdnorm)
+        std = (RGB_STD if in_chans == 3 else RGB_STD[:1]) if self.stdnorm else (1.0, ) * in_chans
         self.register_buffer('mean', torch.tensor(mean).view(1, in_chans, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std).view(1, in_chans, 1, 1), persistent=False)
 
@@ -284,6 +308,8 @@ class RestorationTransformer(nn.Module):
             img_size=img_size, patch_size=patch_size, in_chans=embed_dim, embed_dim=embed_dim,
             norm_layer=(lambda dim: build_stem_norm(norm_type, dim, eps)) if patch_norm else None)
         self.patches_resolution = tuple(self.patch_embed.patches_resolution)
+        # Blocks shift their windows only when the construction-time resolution exceeds the window.
+        self._shifted = min(self.patches_resolution) > window_size
         self.patch_unembed = PatchUnEmbed(img_size=img_size, patch_size=patch_size, in_chans=embed_dim,
                                           embed_dim=embed_dim)
         self.ape = ape
@@ -330,11 +356,11 @@ class RestorationTransformer(nn.Module):
         return {'relative_position_bias_table'}
 
     def stage_inputs(self, x_size, device):
-        """Tensors every stage receives as keyword arguments; the shift mask unless overridden."""
-        ws = self.window_size
-        if min(x_size) <= ws:
+        """Tensors every stage receives as keyword arguments: the shift mask for ``x_size``, unless
+        overridden. Whether there is one depends on the construction only (no branch on the size)."""
+        if not self._shifted:
             return {}
-        return {'attn_mask': shifted_window_mask(x_size, ws, ws // 2, device)}
+        return {'attn_mask': shifted_window_mask(x_size, self.window_size, self.window_size // 2, device)}
 
     def forward_features(self, x):
         x_size = (x.shape[2], x.shape[3])
@@ -360,12 +386,17 @@ class RestorationTransformer(nn.Module):
         return self.conv_last(self.lrelu(self.conv_hr(feat)))
 
     def pad_to_window(self, x):
+        """Pad bottom and right to a window multiple: reflect, or replicate when a side is too short
+        to reflect (as ``F.pad``'s modes), by gathering rows and columns. The pad (possibly of 0) and
+        the choice of mode are tensor ops, so traced and exported networks pad at every input size."""
         h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % self.window_size, (-w) % self.window_size
-        if pad_h == 0 and pad_w == 0:
-            return x
-        mode = 'reflect' if pad_h < h and pad_w < w else 'replicate'
-        return F.pad(x, (0, pad_w, 0, pad_h), mode)
+        ws = self.window_size
+        pad_h, pad_w = (ws - h % ws) % ws, (ws - w % ws) % ws
+        # A bool tensor in every mode: the comparisons give Python bools in eager mode, tensors when traced.
+        reflect = torch.ones((), dtype=torch.bool, device=x.device) & (pad_h < h) & (pad_w < w)
+        rows = _padded_index(h, pad_h, reflect, x.device)
+        cols = _padded_index(w, pad_w, reflect, x.device)
+        return x.index_select(-2, rows).index_select(-1, cols)
 
     def forward(self, x):
         h, w = x.shape[-2:]
@@ -378,6 +409,14 @@ class RestorationTransformer(nn.Module):
             x = self._reconstruct(feat)
         x = x * self.std / self.img_range + self.mean
         return x[..., :h * self.upscale, :w * self.upscale]
+
+
+def _padded_index(size, pad, reflect, device):
+    """Source index of each of the ``size + pad`` rows (or columns) of a bottom/right pad: mirrored
+    at the last one if ``reflect`` (a bool tensor), else clamped to it."""
+    index = torch.arange(size + pad, device=device)
+    last = size - 1
+    return torch.where(reflect, last - (index - last).abs(), index.clamp(max=last))
 
 
 def shifted_window_blocks(depth, drop_paths, dim, input_resolution, num_heads, window_size, conv_block_factory=None,

@@ -27,6 +27,7 @@ from basicsr.models import lr_scheduler
 from basicsr.utils.registry import DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from basicsr_iln.analysis.precision import EVAL_PRECISIONS, FLOAT_DTYPES
+from basicsr_iln.archs.chunking import DEFAULT_CHUNK_TOKENS
 
 from .errors import ConfigError, did_you_mean
 
@@ -541,6 +542,8 @@ VAL = Section({
     'suffix': Option(Text(), None, 'file-name suffix of images saved by the test CLI (default: the run name)'),
     'pbar': Option(Boolean(), False, 'show a progress bar'),
     'self_ensemble': Option(Boolean(), False, 'average the outputs of the 8 flips/rotations'),
+    'max_chunk_tokens': Option(NON_NEGATIVE_INT, DEFAULT_CHUNK_TOKENS, 'whole images in bounded memory: attention '
+                               'and MLPs this many tokens at a time (0: in one piece)'),
     'precision': Option(Either(PRECISION, ListOf(PRECISION)), 'fp32',
                         'test CLI: evaluate a cast copy of the network in each precision (--precision overrides)'),
     'metrics': Option(Named(METRIC, 'a mapping of metric names to metrics'), None,
@@ -581,7 +584,7 @@ COMPILE = Section({
     'backend': Option(Text(), None, 'torch.compile backend (default inductor)'),
     'mode': Option(Text(), None, 'torch.compile mode (default, reduce-overhead, max-autotune)'),
     'fullgraph': Option(Boolean(), None, 'fail instead of breaking the graph'),
-    'dynamic': Option(Boolean(), None, 'dynamic-shape tracing (default: decided by torch)'),
+    'dynamic': Option(Boolean(), False, 'dynamic-shape tracing (default false: it hangs on a third image size)'),
     'options': Option(Anything(), None, 'backend options (a mapping)'),
 })
 
