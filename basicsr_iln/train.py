@@ -26,7 +26,7 @@ from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher  # no
 from basicsr.models import build_model  # noqa: E402
 from basicsr.train import init_tb_loggers  # noqa: E402
 from basicsr.utils import (AvgTimer, MessageLogger, check_resume, get_env_info, get_root_logger,  # noqa: E402
-                           get_time_str, make_exp_dirs, mkdir_and_rename)
+                           get_time_str)
 from basicsr.utils.options import dict2str  # noqa: E402
 
 from basicsr_iln.analysis import build_dynamics_recorder  # noqa: E402
@@ -34,7 +34,8 @@ from basicsr_iln.utils.batching import describe_global_batch, micro_batches_per_
 from basicsr_iln.utils.checkpoint import load_checkpoint_file, remove_stale_temporaries  # noqa: E402
 from basicsr_iln.utils.checks import check_checkpoint_path, check_datasets, check_writable_folder  # noqa: E402
 from basicsr_iln.utils.dist import broadcast_from_rank0, close_dist  # noqa: E402
-from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
+from basicsr_iln.utils.errors import ConfigError, UserFacingError, run_cli  # noqa: E402
+from basicsr_iln.utils.run_folders import NewRunFolders  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env, write_resolved_options  # noqa: E402
 
 
@@ -160,6 +161,24 @@ def latest_complete_state(opt):
     return None, None
 
 
+def start_run(opt, args, resolved, micro_batches, folders):
+    """Folders, logs, data loaders, model and dynamics recorder of a run: everything before the first step."""
+    if folders is not None:
+        folders.create()
+    if opt['rank'] == 0:  # the only writer: other ranks never touch the experiment folder
+        write_resolved_options(resolved, opt['path']['experiments_root'], args.opt)
+    log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
+    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger.info(get_env_info())
+    logger.info(dict2str(opt))
+    tb_logger = init_tb_loggers(opt)
+    logger.info(describe_global_batch(opt, micro_batches))
+    loaders = create_dataloaders(opt, logger, micro_batches)
+    model = build_model(opt)
+    record_dynamics = build_dynamics_recorder(opt, model, loaders[2], tb_logger)  # no-op unless `analysis`
+    return logger, tb_logger, loaders, model, record_dynamics
+
+
 def train_pipeline(root_path, argv=None):
     opt, args = parse_options(root_path, is_train=True, argv=argv)
     opt['root_path'] = root_path
@@ -171,24 +190,14 @@ def train_pipeline(root_path, argv=None):
     resolved = copy.deepcopy(opt)  # saved below as the run's options; resuming re-points path.* at the checkpoint
     resume_state = prepare_resume(opt)
     check_checkpoint_path(opt)
-    if resume_state is None:
-        make_exp_dirs(opt)  # an existing experiment folder is renamed to *_archived_<time>, never overwritten
-        if opt['logger'].get('use_tb_logger') and 'debug' not in opt['name'] and opt['rank'] == 0:
-            mkdir_and_rename(osp.join(root_path, 'tb_logger', opt['name']))
-    if opt['rank'] == 0:  # the only writer: other ranks never touch the experiment folder
-        write_resolved_options(resolved, opt['path']['experiments_root'], args.opt)
-
-    log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
-    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
-    logger.info(get_env_info())
-    logger.info(dict2str(opt))
-    tb_logger = init_tb_loggers(opt)
-
-    logger.info(describe_global_batch(opt, micro_batches))
-    train_loader, train_sampler, val_loaders, (iters_per_epoch, total_epochs, total_iters) = create_dataloaders(
-        opt, logger, micro_batches)
-    model = build_model(opt)
-    record_dynamics = build_dynamics_recorder(opt, model, val_loaders, tb_logger)  # no-op unless `analysis`
+    folders = NewRunFolders(opt, root_path) if resume_state is None else None
+    try:
+        logger, tb_logger, loaders, model, record_dynamics = start_run(opt, args, resolved, micro_batches, folders)
+    except UserFacingError:
+        if folders is not None:
+            folders.undo()
+        raise
+    train_loader, train_sampler, val_loaders, (iters_per_epoch, total_epochs, total_iters) = loaders
     start_epoch, skip, current_iter = 0, 0, 0
     if resume_state is not None:
         model.resume_training(resume_state)

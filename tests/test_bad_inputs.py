@@ -73,6 +73,14 @@ def set_in(keys, value):
     return setup
 
 
+def previous_run_then_batch_too_large(run):
+    """A finished run of the same name is on disk; the new start fails after BasicSR archived it."""
+    models = run.dir / 'experiments' / run.opt['name'] / 'models'
+    models.mkdir(parents=True)
+    (models / 'net_g_100.pth').write_text('the previous run')
+    run.opt['train']['global_batch_size'] = 16
+
+
 def rename_top_level(run):
     run.opt['trian'] = run.opt.pop('train')
 
@@ -207,6 +215,10 @@ CASES = [
          ('train.global_batch_size 16 is not a multiple of datasets.train.batch_size_per_gpu 3 x 1 processes', )),
     Case('global_batch_larger_than_dataset', 'train', set_in(['train', 'global_batch_size'], 16),
          ('accumulated micro-batches) = 16 is larger than the 8 training images', )),
+    Case('failed_start_keeps_previous_run', 'train', previous_run_then_batch_too_large,
+         ('= 16 is larger than the 8 training images', )),
+    Case('heads_not_dividing_width', 'train', set_in(['network_g', 'num_heads'], [5]),
+         ('network_g (SwinIR_iLN)', 'width 12 must be divisible by num_heads (5)')),
     Case('grad_clip_norm_negative', 'train', set_in(['train', 'grad_clip_norm'], -1.0),
          ('train.grad_clip_norm', '-1.0')),
     Case('unwritable_experiments_folder', 'train', unwritable_root,
@@ -382,6 +394,22 @@ def test_yaml_error_names_the_line(outcomes):
 def test_global_batch_error_comes_before_any_folder(outcomes):
     folder, _ = outcomes['global_batch_not_a_multiple'].result()
     assert not (folder / 'experiments').exists()
+
+
+def test_failed_start_leaves_the_disk_as_it_was(outcomes):
+    """The new run's folders are removed and the previous run's folder, which BasicSR had renamed to
+    *_archived_<time>, is back under its name."""
+    for case in ('failed_start_keeps_previous_run', 'global_batch_larger_than_dataset', 'heads_not_dividing_width'):
+        folder, result = outcomes[case].result()
+        assert result.returncode == 2
+        experiments = sorted(p.name for p in (folder / 'experiments').iterdir()) \
+            if (folder / 'experiments').exists() else []
+        assert not [name for name in experiments if '_archived_' in name], experiments
+        assert not (folder / 'tb_logger').exists() or not any((folder / 'tb_logger').iterdir())
+    folder, _ = outcomes['failed_start_keeps_previous_run'].result()
+    (previous, ) = (folder / 'experiments').iterdir()
+    assert (previous / 'models' / 'net_g_100.pth').read_text() == 'the previous run'
+    assert [p.name for p in (folder / 'experiments').iterdir()] == [previous.name]
 
 
 def test_pickle_checkpoint_ran_nothing(outcomes):
