@@ -3,10 +3,11 @@
 
     python scripts/benchmark_speed.py [--archs SwinIR HAT DRCT] [--devices cpu cuda] [--repeats 15]
         [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8]
-        [--threads 1] [--profile SwinIR] [--out results.md] [--block-shapes 2x1024x48 1x2304x180]
+        [--threads 1] [--profile SwinIR] [--out results.md] [--block-shapes 2x1024x48 1x2304x180] [--compile]
 
 Variants: every arch x norm (ln, iln) at the same small x2 classical-SR config, plus ``basicsr``:
-``basicsr.archs.swinir_arch.SwinIR`` with the weights of our SwinIR (ln). Measured per variant:
+``basicsr.archs.swinir_arch.SwinIR`` with the weights of our SwinIR (ln); with ``--compile`` each of
+them also under ``torch.compile`` (inductor, static shapes), timed in the same interleaved rounds. Measured per variant:
 a training step (zero_grad, forward, L1 loss, backward, Adam step) on ``--batch`` LR crops of
 ``--train-size`` pixels, and inference (eval, no_grad) on one ``--infer-size`` image.
 
@@ -47,6 +48,7 @@ from basicsr_iln.archs.norms import build_branch_norm, residual_add  # noqa: E40
 ARCH_TYPES = {'SwinIR': 'SwinIR_iLN', 'HAT': 'HAT', 'DRCT': 'DRCT'}
 NORMS = ('ln', 'iln')
 BASICSR = ('SwinIR', 'basicsr')
+COMPILED = 'compiled'  # third element of a variant: torch.compile (inductor, static shapes)
 
 
 def network_kwargs(args, arch):
@@ -77,7 +79,9 @@ class Bench:
 
     def __init__(self, args, variant, device):
         self.device = device
-        self.net = build(args, variant, device)
+        self.net = build(args, variant[:2], device)
+        if compiled(variant):  # static shapes, as option `compile` defaults to (dynamic tracing hangs)
+            self.net = torch.compile(self.net, dynamic=False)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-4)
         gen = torch.Generator().manual_seed(1)
         self.lq = torch.rand(args.batch, 3, args.train_size, args.train_size, generator=gen).to(device)
@@ -211,8 +215,13 @@ def paired_ratio(times, num, den):
     return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
 
+def compiled(variant):
+    return variant[-1] == COMPILED
+
+
 def name(variant):
-    return 'SwinIR ln (BasicSR)' if variant == BASICSR else f'{variant[0]} {variant[1]}'
+    base = 'SwinIR ln (BasicSR)' if variant[:2] == BASICSR else f'{variant[0]} {variant[1]}'
+    return f'{base}, compiled' if compiled(variant) else base
 
 
 def hardware(device):
@@ -243,11 +252,14 @@ def benchmark(args, device):
     variants = [(arch, norm) for arch in args.archs for norm in NORMS]
     if 'SwinIR' in args.archs:
         variants.append(BASICSR)
+    eager = list(variants)
+    if args.compile:
+        variants += [(*v, COMPILED) for v in eager]
     benches = {v: Bench(args, v, device) for v in variants}
     train = interleaved_times(benches, 'train_step', args.repeats, args.warmup)
     infer = interleaved_times(benches, 'infer', args.repeats, args.warmup)
     del benches
-    memory = {v: peak_memory(args, v, device) for v in variants} if args.memory else {}
+    memory = {v: peak_memory(args, v, device) for v in eager} if args.memory else {}
 
     mem_kind = 'max_memory_allocated' if device.type == 'cuda' else 'torch.profiler allocations'
     lines = [f'### {device.type.upper()}: {hardware(device)}', '',
@@ -267,6 +279,14 @@ def benchmark(args, device):
     if BASICSR in variants:
         lines.append(f'| SwinIR ln: ours / BasicSR | {paired_ratio(train, ("SwinIR", "ln"), BASICSR):.3f} | '
                      f'{paired_ratio(infer, ("SwinIR", "ln"), BASICSR):.3f} |')
+    if args.compile:
+        for arch in args.archs:
+            iln, ln = (arch, 'iln', COMPILED), (arch, 'ln', COMPILED)
+            lines.append(f'| {arch} compiled: i-LN / LN | {paired_ratio(train, iln, ln):.3f} | '
+                         f'{paired_ratio(infer, iln, ln):.3f} |')
+        for v in eager:
+            lines.append(f'| {name(v)}: compiled / eager | {paired_ratio(train, (*v, COMPILED), v):.3f} | '
+                         f'{paired_ratio(infer, (*v, COMPILED), v):.3f} |')
     return lines
 
 
@@ -285,6 +305,8 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--threads', type=int, default=1, help='CPU threads (1: least disturbed by other load)')
+    parser.add_argument('--compile', action='store_true', help='also time every variant under torch.compile '
+                        '(inductor, dynamic=False; compile time is spent in the warm-up rounds)')
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory runs')
     parser.add_argument('--profile', choices=list(ARCH_TYPES), help='also print torch.profiler tables for this arch')
     parser.add_argument('--out', type=Path, help='also write the Markdown tables to this file')

@@ -1,0 +1,78 @@
+"""CUDA: the GPU path computes what the CPU path computes (skipped without CUDA; run by scripts/device_check.sh).
+
+What only CUDA exercises: SDPA's fused kernels with the additive bias (with a gradient for it), bf16/fp16
+autocast of whole training steps, and the chunked inference on GPU memory.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from basicsr_iln.archs.chunking import chunked_inference
+from basicsr_iln.archs.transformer_core import _explicit_biased_attention, biased_attention
+from basicsr_iln.utils.inference import restore
+from test_chunked_inference import ARCHS
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+CUDA = torch.device('cuda')
+
+
+@pytest.mark.parametrize('norm_type', ['ln', 'iln'])
+@pytest.mark.parametrize('arch', sorted(ARCHS))
+def test_cuda_forward_equals_cpu(arch, norm_type):
+    torch.manual_seed(0)
+    net, x = ARCHS[arch](norm_type).eval(), torch.rand(2, 3, 37, 51)
+    on_cpu = restore(net, x)
+    on_gpu = restore(net.to(CUDA), x.to(CUDA)).cpu()
+    torch.testing.assert_close(on_gpu, on_cpu, atol=2e-4, rtol=0)  # TF32 is off by default for matmuls
+
+
+@pytest.mark.parametrize('arch', sorted(ARCHS))
+def test_cuda_chunked_equals_one_piece(arch):
+    torch.manual_seed(0)
+    net, x = ARCHS[arch]('iln').eval().to(CUDA), torch.rand(2, 3, 37, 51, device=CUDA)
+    whole = restore(net, x, max_chunk_tokens=0)
+    torch.testing.assert_close(restore(net, x, max_chunk_tokens=100), whole, atol=1e-5, rtol=0)
+
+
+def test_fused_attention_gradient_of_the_bias_equals_the_explicit_formula():
+    """On CUDA the fused kernel is used in training too; its gradient for the learned bias must match."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(8, 2, 16, 8, device=CUDA, requires_grad=True) for _ in range(3))
+    bias = torch.randn(2, 16, 16, device=CUDA, requires_grad=True)
+    mask = torch.zeros(4, 16, 16, device=CUDA).masked_fill(torch.rand(4, 16, 16, device=CUDA) > 0.7, -100.0)
+    fused = biased_attention(q, k, v, bias, mask)
+    explicit = _explicit_biased_attention(q, k, v, bias, mask, 0.0, None)
+    torch.testing.assert_close(fused, explicit, atol=1e-4, rtol=1e-4)
+    grads = [torch.autograd.grad(out.square().sum(), (q, k, v, bias)) for out in (fused, explicit)]
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('arch', sorted(ARCHS))
+def test_autocast_training_step_is_finite_and_close_to_fp32(arch, dtype):
+    torch.manual_seed(0)
+    net = ARCHS[arch]('iln').to(CUDA).train()
+    lq, gt = torch.rand(2, 3, 16, 16, device=CUDA), torch.rand(2, 3, 32, 32, device=CUDA)
+    with torch.autocast('cuda', dtype=dtype):
+        loss = F.l1_loss(net(lq).float(), gt)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    with torch.no_grad():
+        reference = F.l1_loss(net(lq), gt)
+    assert abs(float(loss) - float(reference)) < 0.02
+
+
+def test_chunked_inference_bounds_cuda_memory():
+    torch.manual_seed(0)
+    net, x = ARCHS['SwinIR']('iln').eval().to(CUDA), torch.rand(1, 3, 256, 256, device=CUDA)
+    peaks = {}
+    for budget in (0, 256):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.no_grad(), chunked_inference(budget or None):
+            net(x)
+        torch.cuda.synchronize()
+        peaks[budget] = torch.cuda.max_memory_allocated() - base
+    assert peaks[256] < peaks[0]
