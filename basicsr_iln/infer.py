@@ -12,7 +12,8 @@ SR, denoising and JPEG artifact removal alike: the network decides (its ``upscal
 the input is taken as already degraded; ``--sigma`` / ``--jpeg-quality`` first add seeded Gaussian
 noise / OpenCV JPEG to it (as the test datasets do), for demos, and also save that input. Outputs
 are ``OUT/<name>.png``. ``--tile`` runs crop by crop with blended overlaps (basicsr_iln/utils/inference.py),
-``--precision bf16|fp16`` under autocast, ``--self-ensemble`` averages the 8 flips/rotations.
+``--precision bf16|fp16|int8`` runs a cast copy of the network (the test CLI's meaning: pure low
+precision, so an LN network's fp16 overflow shows), ``--self-ensemble`` averages the 8 flips/rotations.
 """
 import argparse
 import os
@@ -33,7 +34,8 @@ from tqdm import tqdm  # noqa: E402
 
 from basicsr_iln.archs.chunking import DEFAULT_CHUNK_TOKENS  # noqa: E402
 from basicsr_iln.data.degraded_dataset import add_gaussian_noise, jpeg_roundtrip, seeded_noise_rng  # noqa: E402
-from basicsr_iln.models.ir_model import PRECISIONS, build_network_checked  # noqa: E402
+from basicsr_iln.analysis.precision import EVAL_PRECISIONS, PrecisionNetwork  # noqa: E402
+from basicsr_iln.models.ir_model import build_network_checked  # noqa: E402
 from basicsr_iln.utils.checkpoint import load_checkpoint_file, load_weights  # noqa: E402
 from basicsr_iln.utils.checks import IMAGE_SUFFIXES  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
@@ -62,7 +64,9 @@ def build_arg_parser():
     parser.add_argument('--max-chunk-tokens', type=int, default=DEFAULT_CHUNK_TOKENS,
                         help='whole images exactly in bounded memory: attention and MLPs this many tokens at a time '
                         f'(default {DEFAULT_CHUNK_TOKENS}; 0: in one piece)')
-    parser.add_argument('--precision', choices=list(PRECISIONS), default='fp32', help='autocast precision')
+    parser.add_argument('--precision', choices=list(EVAL_PRECISIONS), default='fp32',
+                        help='run a cast copy of the network in this precision, as the test CLI evaluates it '
+                        '(bf16/fp16: weights, input and features in the half type; int8: dynamic Linear, CPU)')
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     parser.add_argument('--self-ensemble', action='store_true', help='average over the 8 flips/rotations')
     parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
@@ -179,7 +183,7 @@ def infer(argv=None):
     paths, skipped = list_inputs(args.input)
     device = torch.device('cuda' if args.device != 'cpu' and torch.cuda.is_available() else 'cpu')
     net, checkpoint, _ = network_from_args(args)
-    net = net.to(device)
+    net = PrecisionNetwork(net.to(device), args.precision)
     if args.tile:
         check_tiling(args.tile, args.tile_overlap, getattr(net, 'window_size', 1))
     channels = input_channels(net)
@@ -215,7 +219,11 @@ def restore_file(net, path, channels, device, args):
     lq = degrade(img, path, args)
     x = img2tensor(lq, bgr2rgb=channels == 3, float32=True).unsqueeze(0).to(device)
     out = restore(net, x, tile=args.tile, tile_overlap=args.tile_overlap, ensemble=args.self_ensemble,
-                  dtype=PRECISIONS[args.precision], progress=True, max_chunk_tokens=args.max_chunk_tokens)
+                  progress=True, max_chunk_tokens=args.max_chunk_tokens)
+    if net.nonfinite:
+        count = net.take_record()['nonfinite']
+        tqdm.write(f'{osp.basename(path)}: {count} non-finite output values in {args.precision}: the network '
+                   'overflows this precision')
     stem = osp.splitext(osp.basename(path))[0]
     imwrite(tensor2img(out.cpu()), osp.join(args.output, f'{stem}.png'))
     if args.sigma is not None or args.jpeg_quality is not None:

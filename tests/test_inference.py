@@ -173,6 +173,30 @@ def test_cli_restores_what_it_can_of_a_folder_and_names_the_rest(dn_checkpoint, 
     assert "rgba.png' has 4 channel(s)" in error and 'failed: ' in out
 
 
+def test_cli_precision_is_a_cast_copy_as_in_the_test_cli(tmp_path, capsys):
+    """fp16 gives the fp32 image up to rounding; an LN network whose features exceed 65504 overflows in
+    fp16 (as the paper's fp16 test shows), and the CLI says so for the file."""
+    cv2.imwrite(str(tmp_path / 'photo.png'), real_photos()[0][:32, :40])
+    torch.manual_seed(0)
+    net = SwinIR_iLN(**TINY_SWINIR, upscale=1, upsampler='', norm_type='ln')
+    arch = ['--arch', 'SwinIR_iLN', '--arch-opt', '{upscale: 1, upsampler: "", img_size: 16, window_size: 4, '
+            'depths: [2], embed_dim: 12, num_heads: [2], mlp_ratio: 2, norm_type: ln}']
+    torch.save({'params': net.state_dict()}, tmp_path / 'ln.pth')
+    outputs = {}
+    for precision in ('fp32', 'fp16'):
+        infer.main([*arch, '-c', str(tmp_path / 'ln.pth'), '-i', str(tmp_path / 'photo.png'), '-o',
+                    str(tmp_path / precision), '--precision', precision])
+        outputs[precision] = cv2.imread(str(tmp_path / precision / 'photo.png')).astype(int)
+    assert np.abs(outputs['fp16'] - outputs['fp32']).max() <= 2
+    assert 'non-finite' not in capsys.readouterr().out
+    with torch.no_grad():
+        net.conv_first.weight.mul_(1e6)  # features far beyond the fp16 range
+    torch.save({'params': net.state_dict()}, tmp_path / 'huge.pth')
+    infer.main([*arch, '-c', str(tmp_path / 'huge.pth'), '-i', str(tmp_path / 'photo.png'), '-o',
+                str(tmp_path / 'huge'), '--precision', 'fp16'])
+    assert 'non-finite output values in fp16: the network overflows this precision' in capsys.readouterr().out
+
+
 def run_infer_error(capsys, argv):
     with pytest.raises(SystemExit) as exc:
         infer.main(argv)

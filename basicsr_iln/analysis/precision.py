@@ -1,4 +1,4 @@
-"""Low-precision inference for the test CLI: fp32, bf16, fp16, or int8 (dynamic, Linear layers).
+"""Low-precision inference for the test and inference CLIs: fp32, bf16, fp16, or int8 (dynamic, Linear layers).
 
 bf16/fp16 cast a *copy* of the network, weights, buffers and input alike: pure low-precision
 inference. Autocast would not do: it keeps LayerNorm (and other reductions) in fp32 and so hides
@@ -82,6 +82,10 @@ class PrecisionNetwork(nn.Module):
             self.net, self.input_dtype = (net if precision == 'fp32' else half_precision_copy(net, dtype)), dtype
         self.precision = precision
         self.nonfinite = 0
+        # What the inference helpers (utils/inference.py) read from a network: tiling pads like the network.
+        self.upscale = getattr(net, 'upscale', 1)
+        self.window_size = getattr(net, 'window_size', 1)
+        self.pad_to_window = getattr(net, 'pad_to_window', None)
         self.train(net.training)  # test() restores the mode it found, which must be the network's
 
     def forward(self, x):

@@ -48,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 from tqdm import tqdm
 
-from basicsr_iln.analysis.precision import PrecisionNetwork
+from basicsr_iln.analysis.precision import FLOAT_DTYPES, PrecisionNetwork
 from basicsr_iln.archs.norms import BatchNorm
 from basicsr_iln.utils.batching import micro_batches_per_step
 from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights, prune_checkpoints
@@ -58,13 +58,10 @@ from basicsr_iln.utils.inference import restore
 from basicsr_iln.utils.network_config import NETWORK_CONFIG_KEY, arch_class, network_config
 from basicsr_iln.utils.schema import read_option, resolve_option
 
-PRECISIONS = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
-
-
 def precision_dtype(name, key):
-    if name not in PRECISIONS:
-        raise ConfigError(f"option '{key}' must be one of {', '.join(PRECISIONS)}, got {name!r}")
-    return PRECISIONS[name]
+    if name not in FLOAT_DTYPES:
+        raise ConfigError(f"option '{key}' must be one of {', '.join(FLOAT_DTYPES)}, got {name!r}")
+    return FLOAT_DTYPES[name]
 
 
 def compile_network(net, compile_opt):

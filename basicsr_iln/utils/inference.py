@@ -1,5 +1,5 @@
 """Test-time inference shared by IRModel.test, the inference CLI and the table script: x8 self-ensemble,
-tiled inference with blended overlaps, and bf16/fp16 autocast.
+tiled inference with blended overlaps, and whole images in bounded memory (chunked attention).
 
 Self-ensemble (Lim et al., EDSR+, and the '+' rows of SR papers): the network is run on the 8
 flips/rotations of the input, each output is mapped back and the 8 are averaged.
@@ -115,10 +115,10 @@ def _blend_tiles(forward, x, tile, overlap, scale, progress):
     return out / weights
 
 
-def restore(net, x, tile=None, tile_overlap=32, ensemble=False, dtype=torch.float32, progress=False,
-            max_chunk_tokens=DEFAULT_CHUNK_TOKENS):
-    """The network's float32 output for ``x`` without gradients, under autocast to ``dtype`` unless
-    float32, optionally self-ensembled and/or tiled (``tile`` in input pixels; None: whole image).
+def restore(net, x, tile=None, tile_overlap=32, ensemble=False, progress=False, max_chunk_tokens=DEFAULT_CHUNK_TOKENS):
+    """The network's float32 output for ``x`` without gradients, optionally self-ensembled and/or tiled
+    (``tile`` in input pixels; None: whole image). Low precision is the network's own: wrap it in
+    ``analysis.precision.PrecisionNetwork`` (a cast copy, as the test CLI evaluates it).
 
     The whole image is computed exactly in bounded memory: attention and MLPs run ``max_chunk_tokens``
     tokens at a time (``basicsr_iln/archs/chunking.py`` states the bound; 0 or None: in one piece), so tiling
@@ -129,8 +129,7 @@ def restore(net, x, tile=None, tile_overlap=32, ensemble=False, dtype=torch.floa
     forward = (lambda v: self_ensemble(net, v)) if ensemble else net
     if tile:
         check_tiling(tile, tile_overlap, getattr(net, 'window_size', 1))
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32), \
-            chunked_inference(max_chunk_tokens or None):
+    with torch.no_grad(), chunked_inference(max_chunk_tokens or None):
         if tile:
             return tiled_forward(forward, x, tile, tile_overlap, scale, progress, getattr(net, 'pad_to_window', None))
         return forward(x).float()
