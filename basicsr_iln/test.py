@@ -24,7 +24,7 @@ from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_
 from basicsr.utils.options import dict2str  # noqa: E402
 
 from basicsr_iln.analysis.precision import parse_precisions  # noqa: E402
-from basicsr_iln.train import build_dataset_checked  # noqa: E402
+from basicsr_iln.utils.checks import build_dataset_checked  # noqa: E402
 from basicsr_iln.utils.checks import check_checkpoint_path, check_datasets, check_writable_folder  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402

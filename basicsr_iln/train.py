@@ -20,7 +20,7 @@ if __package__ in (None, ''):  # run as a script: make the repository importable
 
 import basicsr_iln  # noqa: E402,F401  (registers everything, makes basicsr importable)
 import torch  # noqa: E402
-from basicsr.data import build_dataloader, build_dataset  # noqa: E402
+from basicsr.data import build_dataloader  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
@@ -32,18 +32,12 @@ from basicsr.utils.options import dict2str  # noqa: E402
 from basicsr_iln.analysis import build_dynamics_recorder  # noqa: E402
 from basicsr_iln.utils.batching import describe_global_batch, micro_batches_per_step, process_batch  # noqa: E402
 from basicsr_iln.utils.checkpoint import load_checkpoint_file, remove_stale_temporaries  # noqa: E402
-from basicsr_iln.utils.checks import check_checkpoint_path, check_datasets, check_writable_folder  # noqa: E402
+from basicsr_iln.utils.checks import (build_dataset_checked, check_checkpoint_path, check_datasets,  # noqa: E402
+                                      check_writable_folder)
 from basicsr_iln.utils.dist import broadcast_from_rank0, close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, UserFacingError, run_cli  # noqa: E402
 from basicsr_iln.utils.run_folders import NewRunFolders  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env, write_resolved_options  # noqa: E402
-
-
-def build_dataset_checked(dataset_opt, phase):
-    try:
-        return build_dataset(dataset_opt)
-    except (AssertionError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f'datasets.{phase} ({dataset_opt["type"]}): {type(err).__name__}: {err}') from None
 
 
 class ResumableSampler(EnlargedSampler):

@@ -38,8 +38,9 @@ from basicsr.models import build_model  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
 from basicsr_iln.analysis import JSONL_NAME  # noqa: E402
-from basicsr_iln.train import build_dataset_checked  # noqa: E402
+from basicsr_iln.utils.checks import build_dataset_checked  # noqa: E402
 from basicsr_iln.utils.checks import check_datasets  # noqa: E402
+from basicsr_iln.utils.checkpoint import SAFETENSORS_SUFFIX  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import load_yaml_file, parse_options  # noqa: E402
 
@@ -119,9 +120,9 @@ def resolve_run(spec, test_options_dir):
     if not sep or Path(spec).exists():
         label, rest = None, spec
     path = Path(rest)
-    if path.suffix == '.pth':
-        if path.parent.name != 'models':
-            raise ConfigError(f'cannot tell the network of checkpoint {path}: give its test option file (with '
+    if path.suffix in ('.pth', SAFETENSORS_SUFFIX):
+        if path.parent.name != 'models':  # the network alone would do, but the test sets come from the test file
+            raise ConfigError(f'cannot tell the test sets of checkpoint {path}: give its test option file (with '
                               'path.pretrain_network_g) or its experiment folder')
         return label, find_test_options(path.parent.parent.name.removeprefix('train_'), test_options_dir), path
     if path.is_dir():

@@ -5,6 +5,7 @@ import os
 import re
 from os import path as osp
 
+from basicsr.data import build_dataset
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError
@@ -149,3 +150,11 @@ def check_writable_folder(folder, what):
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot create the {what} folder {folder}: '{parent}' is not writable "
                           '(set BASICSR_ILN_ROOT or run from a writable folder)')
+
+
+def build_dataset_checked(dataset_opt, phase):
+    """BasicSR's ``build_dataset``; its assertion/lookup failures become one error naming ``datasets.<phase>``."""
+    try:
+        return build_dataset(dataset_opt)
+    except (AssertionError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f'datasets.{phase} ({dataset_opt["type"]}): {type(err).__name__}: {err}') from None
