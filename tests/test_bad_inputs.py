@@ -116,6 +116,13 @@ def lq_renamed(run):
     (lr / 'img03.png').rename(lr / 'img03_x2.png')
 
 
+def lq_as_jpeg(run):
+    """Same name, other extension: BasicSR's paired_paths_from_folder would stop on an AssertionError."""
+    _, lr = run.private_train_data()
+    cv2.imwrite(str(lr / 'img03.jpg'), cv2.imread(str(lr / 'img03.png')))
+    (lr / 'img03.png').unlink()
+
+
 def lq_wrong_size(run):
     _, lr = run.private_train_data()
     cv2.imwrite(str(lr / 'img02.png'), np.zeros((30, 30, 3), np.uint8))
@@ -194,7 +201,9 @@ CASES = [
     Case('missing_data_folder', 'train', missing_folder, ('no_such_folder', 'datasets.train.dataroot_gt', 'not exist')),
     Case('empty_data_folder', 'train', empty_folder, ('datasets.train.dataroot_lq', 'contains no images')),
     Case('count_mismatch', 'train', one_lq_missing, ('datasets.train', '8 GT images', '7 LQ images')),
-    Case('name_mismatch', 'train', lq_renamed, ("GT image 'img03.png' has no LQ partner 'img03.*'", 'filename_tmpl')),
+    Case('name_mismatch', 'train', lq_renamed, ("GT image 'img03.png' has no LQ partner 'img03.png'", 'filename_tmpl')),
+    Case('extension_mismatch', 'train', lq_as_jpeg,
+         ("GT image 'img03.png' has no LQ partner 'img03.png'", "found 'img03.jpg', but BasicSR pairs the extension")),
     Case('lq_size', 'train', lq_wrong_size, ("LQ 'img02.png' is 30x30", "GT 'img02.png' is 64x64", 'must be 32x32')),
     Case('corrupt_image', 'train', corrupt_gt, ('cannot read image', 'img01.png')),
     Case('image_16_bit', 'train', sixteen_bit_gt, ('img04.png', 'more than 8 bits per channel', 'convert it to 8-bit')),

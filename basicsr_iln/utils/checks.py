@@ -68,15 +68,19 @@ def _check_paired(dataset_opt, where, scale):
         raise ConfigError(f'{where}: {len(gt_names)} GT images in {gt_dir} but {len(lq_names)} LQ images in {lq_dir}')
     tmpl = dataset_opt.get('filename_tmpl', '{}')
     lq_by_stem = {osp.splitext(n)[0]: n for n in lq_names}
+    lq_set = set(lq_names)
     for gt_name in gt_names:
-        stem = tmpl.format(osp.splitext(gt_name)[0])
-        if stem not in lq_by_stem:
-            raise ConfigError(f"{where}: GT image '{gt_name}' has no LQ partner '{stem}.*' in {lq_dir} "
-                              f'(filename_tmpl {tmpl!r})')
+        stem, ext = osp.splitext(gt_name)
+        lq_name = tmpl.format(stem) + ext  # BasicSR's pairing: the template's name with the GT's extension
+        if lq_name not in lq_set:
+            other = lq_by_stem.get(tmpl.format(stem))
+            found = f"; found '{other}', but BasicSR pairs the extension too" if other else ''
+            raise ConfigError(f"{where}: GT image '{gt_name}' has no LQ partner '{lq_name}' in {lq_dir} "
+                              f'(filename_tmpl {tmpl!r}){found}')
         gw, gh = checked_image_size(osp.join(gt_dir, gt_name), where, dataset_opt)
-        lw, lh = checked_image_size(osp.join(lq_dir, lq_by_stem[stem]), where, dataset_opt)
+        lw, lh = checked_image_size(osp.join(lq_dir, lq_name), where, dataset_opt)
         if gh // scale != lh or gw // scale != lw:
-            raise ConfigError(f"{where}: LQ '{lq_by_stem[stem]}' is {lw}x{lh} but GT '{gt_name}' is {gw}x{gh}; with "
+            raise ConfigError(f"{where}: LQ '{lq_name}' is {lw}x{lh} but GT '{gt_name}' is {gw}x{gh}; with "
                               f'scale {scale} the LQ must be {gw // scale}x{gh // scale}')
         _check_crop(dataset_opt, where, osp.join(gt_dir, gt_name), gw, gh)
 
