@@ -27,7 +27,7 @@ if __package__ in (None, ''):  # run as a script: make the repository importable
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 import basicsr_iln  # noqa: E402,F401
-from basicsr_iln.infer import network_from_args  # noqa: E402
+from basicsr_iln.infer import add_network_arguments, network_from_args  # noqa: E402
 from basicsr_iln.utils.checkpoint import SAFETENSORS_SUFFIX, save_safetensors  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.export import ONNX_OPSET, export_checked, require_onnxruntime  # noqa: E402
@@ -36,13 +36,7 @@ from basicsr_iln.utils.network_config import network_config  # noqa: E402
 
 def build_arg_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    net = parser.add_argument_group('network (--opt, or --arch with --arch-opt), as for basicsr-iln-infer')
-    net.add_argument('--opt', help='option file: its network_g, and path.pretrain_network_g unless -c is given')
-    net.add_argument('--arch', help='registered architecture, e.g. SwinIR_iLN, HAT_iLN, DRCT_iLN')
-    net.add_argument('--arch-opt', default='{}', help='its keyword arguments as a YAML mapping, e.g. "{upscale: 4}"')
-    net.add_argument('-c', '--checkpoint', help='weights (.pth): BasicSR, SwinIR-repo or official i-LN layout')
-    net.add_argument('--param-key', default=None, help='key of the weights in the checkpoint (default: option '
-                     "file's path.param_key_g, else params_ema, then params)")
+    add_network_arguments(parser)
     parser.add_argument('--onnx', help=f'output ONNX file (.onnx), opset {ONNX_OPSET}')
     parser.add_argument('--safetensors', help='output weights (.safetensors) with the network config in the metadata')
     parser.add_argument('--fp16', action='store_true', help='half-precision weights, input and output')

@@ -45,8 +45,8 @@ from basicsr_iln.utils.inference import check_tiling, restore, tiling_caveats  #
 from basicsr_iln.utils.options import load_yaml_file  # noqa: E402
 
 
-def build_arg_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_network_arguments(parser):
+    """The arguments ``network_from_args`` reads (shared with the export CLI)."""
     net = parser.add_argument_group('network (-c alone for our checkpoints; --opt, or --arch with --arch-opt)')
     net.add_argument('--opt', help='option file: its network_g, and path.pretrain_network_g unless -c is given')
     net.add_argument('--arch', help="registered architecture, e.g. SwinIR_iLN, HAT_iLN, DRCT_iLN")
@@ -55,6 +55,11 @@ def build_arg_parser():
                      'BasicSR, SwinIR-repo or official i-LN layout')
     net.add_argument('--param-key', default=None, help='key of the weights in the checkpoint (default: option '
                      "file's path.param_key_g, else params_ema, then params)")
+
+
+def build_arg_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_network_arguments(parser)
     parser.add_argument('-i', '--input', required=True, help='an image or a folder of images')
     parser.add_argument('-o', '--output', default='results/infer', help='output folder (default results/infer)')
     parser.add_argument('--sigma', type=float, help='add Gaussian noise of this std (0-255) first (denoising demo)')
@@ -187,8 +192,9 @@ def infer(argv=None):
     if args.tile:
         check_tiling(args.tile, args.tile_overlap, getattr(net, 'window_size', 1))
     channels = input_channels(net)
-    if args.tile and tiling_caveats(net):
-        print(f"note: tiled output is not exact for this network: {'; '.join(tiling_caveats(net))}")
+    caveats = tiling_caveats(net) if args.tile else []
+    if caveats:
+        print(f"note: tiled output is not exact for this network: {'; '.join(caveats)}")
     if skipped:
         print(f"skipped {len(skipped)} file(s) that are not images ({', '.join(IMAGE_SUFFIXES)}): "
               f"{', '.join(skipped)}")

@@ -2,6 +2,7 @@
 import logging
 
 import pytest
+import torch
 
 from helpers import real_photos, write_sr_pairs
 
@@ -25,3 +26,12 @@ def warnings(caplog):
     logger.addHandler(caplog.handler)
     yield caplog
     logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """Tiny models: one intra-op thread is as fast and does not fight other processes for the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ from pathlib import Path
 import basicsr_iln  # noqa: F401  (before basicsr)
 import cv2
 import numpy as np
+import pytest
 import yaml
 from basicsr.utils.matlab_functions import imresize
 
@@ -101,3 +102,13 @@ def run_cli(script, opt_path, workdir, *extra, timeout=300, root=None):
     """Run the CLI of ``cli_command`` in ``workdir`` to the end; returns the CompletedProcess."""
     cmd, env = cli_command(script, opt_path, workdir, *extra, root=root)
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def main_error_line(main, argv, capsys):
+    """The ``error:`` line of an in-process CLI ``main(argv)`` that must stop on a user error: exit code 2,
+    exactly one line, no traceback."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.startswith('error: ') and '\n' not in err, err
+    return err

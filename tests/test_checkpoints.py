@@ -19,7 +19,8 @@ from basicsr_iln.utils.checkpoint import (load_checkpoint_file, load_weights,
 from basicsr_iln.utils.errors import ConfigError
 from basicsr_iln.utils.network_config import NETWORK_CONFIG_KEY, network_config, network_options
 from basicsr_iln.utils.options import parse_options
-from helpers import eval_options_from_train, real_photos, run_cli, tiny_train_options, write_yaml
+from helpers import (eval_options_from_train, main_error_line, real_photos, run_cli, tiny_train_options,
+                     write_yaml)
 
 TINY_HAT = dict(type='HAT_iLN', upscale=2, in_chans=3, img_size=16, window_size=4, compress_ratio=3, squeeze_factor=4,
                 conv_scale=0.01, overlap_ratio=0.5, img_range=1.0, depths=[2], embed_dim=12, num_heads=[2],
@@ -166,14 +167,6 @@ def test_infer_needs_only_the_checkpoint(saved_run, tmp_path):
     assert (agreeing == alone).all()  # drop_path_rate only changes training: never a conflict
 
 
-def run_infer_error(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        infer.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and err.startswith('error: ') and '\n' not in err, err
-    return err
-
-
 def test_infer_refuses_values_that_contradict_the_checkpoint(saved_run, tmp_path, capsys):
     other = dict(saved_run.train_opt, network_g=dict(saved_run.train_opt['network_g'], embed_dim=16))
     other_path = write_yaml(tmp_path / 'other.yml', other)
@@ -186,7 +179,7 @@ def test_infer_refuses_values_that_contradict_the_checkpoint(saved_run, tmp_path
         'norm_type is "iln" in the checkpoint but "ln"': ['--arch', 'SwinIR_iLN', '--arch-opt', '{norm_type: ln}'],
     }
     for message, argv in cases.items():
-        assert message in run_infer_error(capsys, [*argv, *io])
+        assert message in main_error_line(infer.main, [*argv, *io], capsys)
     assert not (tmp_path / 'out').exists()
 
 

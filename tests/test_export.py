@@ -16,6 +16,7 @@ from basicsr_iln import export as export_cli
 from basicsr_iln.archs.transformer_core import RestorationTransformer, shifted_window_mask
 from basicsr_iln.utils import export as export_lib
 from basicsr_iln.utils.export import FP32_TOLERANCE, check_sizes, export_checked, rejected_path
+from helpers import main_error_line
 
 TINY = {
     'SwinIR_iLN': dict(embed_dim=12, depths=[2], num_heads=[2]),
@@ -28,13 +29,7 @@ COMMON = dict(img_size=16, window_size=4, mlp_ratio=2, upscale=2, upsampler='pix
 SIZES = [(1, 16, 16), (2, 12, 24), (1, 13, 18), (1, 3, 6)]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny models: one intra-op thread (torch, and onnxruntime through export's session) is as fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')  # onnxruntime's session follows torch's count
 
 
 def tiny_net(arch, norm_type):
@@ -204,9 +199,5 @@ def test_export_cli_refuses_a_model_that_fails_its_check(tmp_path, capsys, monke
 def test_export_cli_bad_input_is_one_line(tmp_path, capsys, monkeypatch, extra, message):
     _, args = cli_args(tmp_path)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exc:
-        export_cli.main([*args, *extra])  # the last --arch-opt counts
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith('error: ') and message in err and '\n' not in err
+    assert message in main_error_line(export_cli.main, [*args, *extra], capsys)  # the last --arch-opt counts
     assert not list(tmp_path.glob('*.onnx'))

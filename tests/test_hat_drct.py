@@ -22,13 +22,7 @@ TINY_DRCT = dict(img_size=16, window_size=4, embed_dim=16, depths=[1, 1], num_he
 TASKS = [(2, 'pixelshuffle'), (3, 'pixelshuffle'), (4, 'pixelshuffle'), (1, '')]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny models: one intra-op thread is as fast and does not fight other processes for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def _build(cls, **kwargs):

@@ -14,7 +14,7 @@ from basicsr_iln.archs.swinir_arch import SwinIR_iLN
 from basicsr_iln.archs.transformer_core import RestorationTransformer
 from basicsr_iln.utils.errors import ConfigError
 from basicsr_iln.utils.inference import restore
-from helpers import REPO, real_photos
+from helpers import REPO, main_error_line, real_photos
 
 TINY_SWINIR = dict(img_size=16, window_size=4, depths=[2], embed_dim=12, num_heads=[2], mlp_ratio=2)
 
@@ -197,14 +197,6 @@ def test_cli_precision_is_a_cast_copy_as_in_the_test_cli(tmp_path, capsys):
     assert 'non-finite output values in fp16: the network overflows this precision' in capsys.readouterr().out
 
 
-def run_infer_error(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        infer.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and err.startswith('error: ') and '\n' not in err, err
-    return err
-
-
 def test_cli_errors_are_one_line(dn_checkpoint, tmp_path, capsys):
     rgb = real_photos()[0][:32, :32]
     cv2.imwrite(str(tmp_path / 'gray.png'), cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY))
@@ -222,4 +214,4 @@ def test_cli_errors_are_one_line(dn_checkpoint, tmp_path, capsys):
         'either with --opt': ['-c', str(dn_checkpoint), '-i', str(tmp_path / 'gray.png')],
     }
     for message, argv in cases.items():
-        assert message in run_infer_error(capsys, argv + ['-o', str(tmp_path / 'out')])
+        assert message in main_error_line(infer.main, argv + ['-o', str(tmp_path / 'out')], capsys)
