@@ -110,13 +110,14 @@ def network_from_args(args):
         raise ConfigError(f'checkpoint {checkpoint} records no network config (a released checkpoint): give the '
                           'network either with --opt OPT.yml or with --arch NAME (and --arch-opt)')
     net_opt = given if saved is None else {**network_options(saved), **(given or {})}
-    differences = [] if saved is None else config_differences(saved, network_config(net_opt))
+    built = network_config(net_opt)
+    differences = [] if saved is None else config_differences(saved, built)
     if differences:
         raise ConfigError(f'checkpoint {checkpoint} records its network, and {source} differs from it: '
                           f"{describe_differences(differences, source)} (leave these keys out to use the checkpoint's)")
     net = build_network_checked(dict(net_opt))
     load_weights(net, checkpoint, param_key=param_key or 'params_ema', arch_desc=net_opt['type'],
-                 network_config=network_config(net_opt), checkpoint=content)
+                 network_config=built, checkpoint=content)
     return net.eval(), checkpoint, net_opt
 
 

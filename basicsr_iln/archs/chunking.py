@@ -75,15 +75,12 @@ def attend_in_chunks(attend, queries, mask, num_windows, tokens_per_window, *key
     budget = chunk_budget()
     if budget is None or queries.shape[0] * tokens_per_window <= budget:
         return attend(queries, *keys_values, mask)
-    out = None
     per_chunk = max(1, budget // tokens_per_window)
-    for start, stop, mask_start, mask_stop in window_chunks(queries.shape[0] // num_windows, num_windows, per_chunk):
-        part = attend(queries[start:stop], *(t[start:stop] for t in keys_values),
-                      None if mask is None else mask[mask_start:mask_stop])
-        if out is None:
-            out = part.new_empty((queries.shape[0], *part.shape[1:]))
-        out[start:stop] = part
-    return out
+    return _assemble(queries.shape[0], (
+        (start, stop, attend(queries[start:stop], *(t[start:stop] for t in keys_values),
+                             None if mask is None else mask[mask_start:mask_stop]))
+        for start, stop, mask_start, mask_stop in window_chunks(queries.shape[0] // num_windows, num_windows,
+                                                                per_chunk)))
 
 
 def tokenwise_in_chunks(fn, x):
@@ -93,13 +90,20 @@ def tokenwise_in_chunks(fn, x):
     if budget is None or b * length <= budget:
         return fn(x)
     flat = x.reshape(b * length, *x.shape[2:])
-    out = None
-    for start in range(0, flat.shape[0], budget):
-        part = fn(flat[start:start + budget])
-        if out is None:
-            out = part.new_empty((flat.shape[0], *part.shape[1:]))
-        out[start:start + budget] = part
+    out = _assemble(flat.shape[0], ((start, start + budget, fn(flat[start:start + budget]))
+                                    for start in range(0, flat.shape[0], budget)))
     return out.view(b, length, *out.shape[1:])
+
+
+def _assemble(total, parts):
+    """One tensor of ``total`` rows from ``(start, stop, rows)`` parts, allocated like the first part, so
+    the parts' results need not be kept and concatenated (which would hold everything twice)."""
+    out = None
+    for start, stop, part in parts:
+        if out is None:
+            out = part.new_empty((total, *part.shape[1:]))
+        out[start:stop] = part
+    return out
 
 
 def memory_bound_bytes(net, height, width, max_tokens=DEFAULT_CHUNK_TOKENS, batch=1):

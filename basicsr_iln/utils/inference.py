@@ -65,8 +65,8 @@ def edge_ramp(length, overlap, ramp_start, ramp_end):
 def tiling_caveats(net):
     """Why tiling ``net`` is not exact (a list of short reasons; empty when only its reach is limited)."""
     reasons = []
-    if any(getattr(m, 'image_wide_statistics', False) for m in net.modules()):
-        names = sorted({type(m).__name__ for m in net.modules() if getattr(m, 'image_wide_statistics', False)})
+    names = sorted({type(m).__name__ for m in net.modules() if getattr(m, 'image_wide_statistics', False)})
+    if names:
         reasons.append(f"its norms ({', '.join(names)}) use whole-image statistics, which each tile computes "
                        'from itself')
     if any(isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) for m in net.modules()):
