@@ -15,7 +15,7 @@ from basicsr_iln.analysis import JSONL_NAME, build_dynamics_recorder, parse_anal
 from basicsr_iln.analysis.dynamics import DynamicsRecorder, probe_batch, recording_off
 from basicsr_iln.analysis.precision import PrecisionNetwork, parse_precisions
 from basicsr_iln.analysis.stats import affine_stats, channel_entropy, correlation, feature_stats
-from basicsr_iln.archs.norms import NORM_SCHEMES, NormScheme
+from basicsr_iln.archs.norms import NORM_SCHEMES, FamilyNorm, NormScheme
 from basicsr_iln.utils.errors import ConfigError
 from helpers import REPO, eval_options_from_train, run_cli, tiny_train_options, write_yaml
 
@@ -87,18 +87,15 @@ def test_recorder_records_every_block_group_and_norm(tmp_path, arch, kwargs, blo
         assert all(math.isfinite(v) for k, v in norm.items() if k not in ('name', 'type') and v is not None)
 
 
-class ScaledNorm(nn.Module):
+class ScaledNorm(FamilyNorm, nn.Module):
     """A test-only scheme's norm: per-token L2 normalisation with a learned scale."""
 
     def __init__(self, dim, eps=1e-6):
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
     def forward_with_scale(self, x):
-        return self(x), None
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight, None
 
 
 def test_a_scheme_added_to_the_spec_trains_and_is_analysed(tmp_path, monkeypatch):

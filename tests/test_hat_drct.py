@@ -10,7 +10,7 @@ from torch import nn
 from basicsr_iln.archs.drct_arch import DRCT, DRCT_iLN
 from basicsr_iln.archs.hat_arch import HAT, HAT_iLN, OCAB, overlapping_relative_position_index
 from basicsr_iln.archs.norms import NORM_TYPES, Affine, HolisticLayerNorm
-from basicsr_iln.archs.transformer_core import relative_position_index
+from basicsr_iln.archs.transformer_core import StageInputs, relative_position_index
 from helpers import reference_layouts
 
 ENTRIES = {k: v for k, v in reference_layouts().items() if k.startswith(('HAT', 'DRCT', 'iLN_'))}
@@ -190,7 +190,7 @@ def test_hat_blocks_homogeneity(norm_type, homogeneous):
     stage = model.stage_inputs(x_size, x.device)
     group = model.layers[0].residual_group
     with torch.no_grad():
-        errors = [_homogeneity_error(lambda t, b=b: b(t, x_size, **stage), x)
+        errors = [_homogeneity_error(lambda t, b=b: b(t, x_size, stage), x)
                   for b in (*group.blocks, group.overlap_attn)]
         _zero_conv_biases(model)  # the RHAG/body convs are affine: with biases, no network is homogeneous
         errors.append(_homogeneity_error(lambda t: model.forward_features(t), torch.randn(2, 12, 8, 8).double()))
@@ -208,10 +208,10 @@ def test_drct_rdg_homogeneity(norm_type, homogeneous):
     stage = model.stage_inputs(x_size, 'cpu')
     with torch.no_grad():
         swin = [getattr(rdg, f'swin{k}') for k in (1, 2)]
-        errors = [_homogeneity_error(lambda t, b=b: b(t, x_size, **stage), torch.randn(2, 64, b.dim).double() + 1)
+        errors = [_homogeneity_error(lambda t, b=b: b(t, x_size, stage), torch.randn(2, 64, b.dim).double() + 1)
                    for b in swin]
         _zero_conv_biases(model)  # the 1x1 adjust convs' biases are the only non-homogeneous part of an RDG
-        errors.append(_homogeneity_error(lambda t: rdg(t, x_size, **stage), torch.randn(2, 64, 16).double() * 3))
+        errors.append(_homogeneity_error(lambda t: rdg(t, x_size, stage), torch.randn(2, 64, 16).double() * 3))
         errors.append(_homogeneity_error(lambda t: model.forward_features(t), torch.randn(2, 16, 8, 8).double()))
     if homogeneous:
         assert max(errors) < 1e-5, errors  # norm statistics are float32 (norms.py), also for float64 input
@@ -262,7 +262,7 @@ def _naive_ocab(m, x, x_size):
     b, _, c = x.shape
     ws, ows, heads = m.window_size, m.overlap_win_size, m.num_heads
     d, span, pad = c // heads, ws + ows - 1, (ows - ws) // 2
-    q, k, v = m.qkv(m.norm1(x)).view(b, h, w, 3, c).unbind(3)
+    q, k, v = m.qkv(m.norm1(x)[0]).view(b, h, w, 3, c).unbind(3)
     kp = torch.zeros(b, h + ows - ws, w + ows - ws, c, dtype=x.dtype)
     vp = kp.clone()
     kp[:, pad:pad + h, pad:pad + w], vp[:, pad:pad + h, pad:pad + w] = k, v
@@ -280,7 +280,7 @@ def _naive_ocab(m, x, x_size):
             attn = (torch.einsum('bqhd,bkhd->bhqk', qw, kw) * m.scale + bias).softmax(-1)
             out[:, i:i + ws, j:j + ws] = torch.einsum('bhqk,bkhd->bqhd', attn, vw).reshape(b, ws, ws, c)
     x = x + m.proj(out.reshape(b, h * w, c))
-    return x + m.mlp(m.norm2(x))
+    return x + m.mlp(m.norm2(x)[0])
 
 
 @pytest.mark.parametrize('window,ratio,size', [(4, 0.5, (8, 12)), (4, 0.25, (8, 4)), (6, 0.5, (12, 6))])
@@ -291,5 +291,5 @@ def test_ocab_matches_naive_windows(window, ratio, size):
         m.relative_position_bias_table.normal_()  # make the bias matter
         x = torch.randn(2, size[0] * size[1], 12, dtype=torch.float64)
         rpi = overlapping_relative_position_index(window, m.overlap_win_size)
-        torch.testing.assert_close(m(x, size, rpi_oca=rpi), _naive_ocab(m, x, size))
+        torch.testing.assert_close(m(x, size, StageInputs(rpi_oca=rpi)), _naive_ocab(m, x, size))
         torch.testing.assert_close(m(x, size), _naive_ocab(m, x, size))  # index built on the fly

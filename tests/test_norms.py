@@ -36,7 +36,7 @@ def test_ln_star_only_rescales_token_differences():
 
 def test_per_token_layernorm_distorts_token_differences():
     x = tokens()
-    y = build_branch_norm('ln', 16)(x)
+    y, _ = build_branch_norm('ln', 16)(x)
     ratios = (y[:, 1:] - y[:, :1]).norm(dim=-1) / (x[:, 1:] - x[:, :1]).norm(dim=-1)
     assert ratios.std() > 0.05  # different tokens are rescaled differently
 
@@ -112,6 +112,20 @@ def test_residual_scales_of_the_ablations_and_scalings():
     assert torch.all(build_branch_norm('layerscale', 16).forward_with_scale(x)[1] == 1e-4)
     y, alpha = build_branch_norm('rezero', 16).forward_with_scale(x)
     assert y is x and alpha.item() == 0.0
+
+
+@pytest.mark.parametrize('norm_type', NORM_TYPES)
+def test_branch_norms_return_their_scale_through_module_calls(norm_type):
+    """Blocks call branch norms as modules, so forward hooks (analysis, profilers) see them; stems give y."""
+    branch, stem = build_branch_norm(norm_type, 16), build_stem_norm(norm_type, 16)
+    seen = []
+    branch.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = tokens()
+    y, scale = branch(x)
+    assert len(seen) == 1 and seen[0] is x
+    torch.testing.assert_close(y, branch.forward_with_scale(x)[0])
+    assert (scale is None) == (branch.forward_with_scale(x)[1] is None)
+    assert isinstance(stem(x), torch.Tensor)
 
 
 def test_rezero_block_starts_as_identity():

@@ -57,8 +57,8 @@ def parse_analysis_options(section):
 
 
 def is_block(module):
-    """A Transformer block: owns two residual-branch norms (they implement ``forward_with_scale``)."""
-    return all(hasattr(getattr(module, name, None), 'forward_with_scale') for name in ('norm1', 'norm2'))
+    """A Transformer block: owns two residual-branch norms (``norm1``, ``norm2``)."""
+    return all(getattr(getattr(module, name, None), 'residual_branch', False) for name in ('norm1', 'norm2'))
 
 
 def probe_points(net, layers):
@@ -105,16 +105,6 @@ def probe_batch(dataset, num_images, crop):
     return torch.stack([lq[..., top:top + h, left:left + w] for lq, (top, left) in zip(lqs, tops_lefts)])
 
 
-def _observed(method, observer, module):
-    """``method`` that first shows its input to ``observer(module, args)``, like a forward pre-hook."""
-
-    def wrapper(*args, **kwargs):
-        observer(module, args)
-        return method(*args, **kwargs)
-
-    return wrapper
-
-
 def _first_tensor(output):
     return output[0] if isinstance(output, (tuple, list)) else output
 
@@ -148,11 +138,6 @@ class DynamicsRecorder:
 
         handles = [m.register_forward_hook(keep_output(name)) for name, _, _, _, m in self.points]
         handles += [m.register_forward_pre_hook(keep_input_magnitude(name)) for name, m in self.norms]
-        # Blocks call their branch norms' forward_with_scale directly, which no module hook sees: shadow
-        # it on the instance for this one forward pass.
-        shadowed = [(name, m) for name, m in self.norms if hasattr(m, 'forward_with_scale')]
-        for name, m in shadowed:
-            m.forward_with_scale = _observed(m.forward_with_scale, keep_input_magnitude(name), m)
         was_training = self.net.training
         self.net.eval()
         try:
@@ -162,8 +147,6 @@ class DynamicsRecorder:
             self.net.train(was_training)
             for handle in handles:
                 handle.remove()
-            for _, m in shadowed:
-                del m.forward_with_scale
 
         layers = [{'name': name, 'kind': kind, 'index': index, 'group': group, **feature_stats(outputs[name])}
                   for name, kind, index, group, _ in self.points]

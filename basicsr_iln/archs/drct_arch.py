@@ -13,10 +13,9 @@ activation, and the group returns ``0.2 * that + input``.
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .transformer_core import (RestorationTransformer, TransformerBlock, image_to_tokens, stochastic_depth,
-                               tokens_to_image)
+from .transformer_core import (NO_STAGE_INPUTS, RestorationTransformer, TransformerBlock, image_to_tokens, run_layer,
+                               stochastic_depth, tokens_to_image)
 
 NUM_DENSE_BLOCKS = 5
 DENSE_RESIDUAL_SCALE = 0.2
@@ -41,8 +40,6 @@ class RDG(nn.Module):
     def __init__(self, dim, input_resolution, num_heads, window_size, mlp_ratio=2., qkv_bias=True, qk_scale=None,
                  drop=0., attn_drop=0., drop_path=0., gc=32, norm_type='ln', norm_eps=None, use_checkpoint=False):
         super().__init__()
-        self.dim = dim
-        self.gc = gc
         self.use_checkpoint = use_checkpoint
         for k in range(NUM_DENSE_BLOCKS):
             width = dim + k * gc
@@ -55,16 +52,11 @@ class RDG(nn.Module):
             self.add_module(f'adjust{k + 1}', nn.Conv2d(width, gc if k < NUM_DENSE_BLOCKS - 1 else dim, 1))
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
 
-    def _block(self, k, x, x_size, stage_inputs):
-        block = getattr(self, f'swin{k}')
-        if self.use_checkpoint and self.training:
-            return checkpoint(block, x, x_size, use_reentrant=False, **stage_inputs)
-        return block(x, x_size, **stage_inputs)
-
-    def forward(self, x, x_size, **stage_inputs):
+    def forward(self, x, x_size, stage=NO_STAGE_INPUTS):
         features = [x]
         for k in range(1, NUM_DENSE_BLOCKS + 1):
-            y = self._block(k, torch.cat(features, dim=-1) if k > 1 else x, x_size, stage_inputs)
+            y = run_layer(getattr(self, f'swin{k}'), torch.cat(features, dim=-1) if k > 1 else x, x_size, stage,
+                          self.use_checkpoint)
             y = getattr(self, f'adjust{k}')(tokens_to_image(y, x_size))
             if k < NUM_DENSE_BLOCKS:
                 y = self.lrelu(y)
@@ -85,6 +77,7 @@ class DRCT(RestorationTransformer):
     (default 'ln'), ``eps`` (the norms' eps; None: each norm's default) and ``stdnorm`` (None: the
     norm scheme's default, true for i-LN).
     """
+    family = 'DRCT'
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6),
                  num_heads=(6, 6, 6, 6), window_size=7, compress_ratio=3, squeeze_factor=30, conv_scale=0.01,
@@ -99,7 +92,6 @@ class DRCT(RestorationTransformer):
         if len(depths) != len(num_heads):
             raise ValueError(f'depths and num_heads need one entry per stage, got {list(depths)} and '
                              f'{list(num_heads)}.')
-        self.gc = gc
         self.layers = nn.ModuleList([
             RDG(embed_dim, self.patches_resolution, heads, window_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, drop_path=rates[0] if rates else 0.,

@@ -23,13 +23,12 @@ from basicsr.archs.swinir_arch import window_partition
 from basicsr.utils.registry import ARCH_REGISTRY
 from timm.layers import Mlp, trunc_normal_
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .chunking import attend_in_chunks, tokenwise_in_chunks
 from .norms import build_branch_norm, residual_add
-from .transformer_core import (BlockSequence, ResidualGroup, RestorationTransformer, biased_attention,
-                               relative_position_index, shifted_window_blocks, shifted_window_mask, stage_plan,
-                               window_reverse)
+from .transformer_core import (NO_STAGE_INPUTS, BlockSequence, ResidualGroup, RestorationTransformer, StageInputs,
+                               biased_attention, relative_position_index, run_layer, shifted_window_blocks,
+                               shifted_window_mask, stage_plan, window_reverse)
 
 
 def _grid_coords(size):
@@ -127,15 +126,16 @@ class OCAB(nn.Module):
         kv = kv.view(b, 2, heads, c // heads, ows * ows, -1).permute(1, 0, 5, 2, 4, 3)
         return kv.reshape(2, -1, heads, ows * ows, c // heads).unbind(0)
 
-    def forward(self, x, x_size, rpi_oca=None, **unused):
+    def forward(self, x, x_size, stage=NO_STAGE_INPUTS):
         h, w = x_size
         b, _, c = x.shape
         ws, ows, heads = self.window_size, self.overlap_win_size, self.num_heads
-        y, scale = self.norm1.forward_with_scale(x)
+        y, scale = self.norm1(x)
         q, k, v = self.qkv(y).view(b, h, w, 3, c).unbind(3)
         q = window_partition(q, ws).view(-1, ws * ws, heads, c // heads).transpose(1, 2)
         k, v = self._key_value_windows(k, v)
 
+        rpi_oca = stage.rpi_oca
         if rpi_oca is None:
             rpi_oca = overlapping_relative_position_index(ws, ows).to(x.device)
         bias = self.relative_position_bias_table[rpi_oca.view(-1)].view(ws * ws, ows * ows, -1).permute(2, 0, 1)
@@ -144,7 +144,7 @@ class OCAB(nn.Module):
         out = window_reverse(out.transpose(1, 2).reshape(-1, ws, ws, c), ws, h, w).reshape(b, h * w, c)
 
         x = residual_add(x, self.proj(out), scale)
-        y, scale = self.norm2.forward_with_scale(x)
+        y, scale = self.norm2(x)
         return residual_add(x, tokenwise_in_chunks(self.mlp, y), scale)
 
     def extra_repr(self):
@@ -159,11 +159,9 @@ class AttenBlocks(BlockSequence):
         super().__init__(blocks, use_checkpoint)
         self.overlap_attn = overlap_attn
 
-    def forward(self, x, x_size, **stage_inputs):
-        x = super().forward(x, x_size, **stage_inputs)
-        if self.use_checkpoint and self.training:
-            return checkpoint(self.overlap_attn, x, x_size, use_reentrant=False, **stage_inputs)
-        return self.overlap_attn(x, x_size, **stage_inputs)
+    def forward(self, x, x_size, stage=NO_STAGE_INPUTS):
+        x = super().forward(x, x_size, stage)
+        return run_layer(self.overlap_attn, x, x_size, stage, self.use_checkpoint)
 
 
 @ARCH_REGISTRY.register()
@@ -179,6 +177,7 @@ class HAT(RestorationTransformer):
     arguments raise TypeError. Inputs of any size are reflect-padded to a window multiple and the
     output cropped back.
     """
+    family = 'HAT'
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6),
                  num_heads=(6, 6, 6, 6), window_size=7, compress_ratio=3, squeeze_factor=30, conv_scale=0.01,
@@ -219,11 +218,8 @@ class HAT(RestorationTransformer):
     def stage_inputs(self, x_size, device):
         """The shift mask for this input size and the two shared relative-position indices."""
         mask = shifted_window_mask(x_size, self.window_size, self.shift_size, device) if self._shifted else None
-        return {
-            'attn_mask': mask,
-            'rpi_sa': self.relative_position_index_SA,
-            'rpi_oca': self.relative_position_index_OCA
-        }
+        return StageInputs(attn_mask=mask, rpi_sa=self.relative_position_index_SA,
+                           rpi_oca=self.relative_position_index_OCA)
 
 
 @ARCH_REGISTRY.register()

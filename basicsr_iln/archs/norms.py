@@ -3,10 +3,16 @@
 Every normalisation acts on token sequences of shape (B, L, C) and exists in two roles:
 
 * **branch** norms sit in front of a residual branch (``norm1``/``norm2`` of a Transformer block).
-  Besides ``forward(x) -> y`` they implement ``forward_with_scale(x) -> (y, scale)``; the block
-  computes ``x + scale * branch(y)`` (``scale`` is None for plain pre-norm). This one hook expresses
-  i-LN's input-adaptive rescaling, the per-token ablation, LayerScale and ReZero alike.
+  Their ``forward(x)`` returns ``(y, scale)``; the block computes ``x + scale * branch(y)``
+  (``scale`` is None for plain pre-norm). This one hook expresses i-LN's input-adaptive rescaling,
+  the per-token ablation, LayerScale and ReZero alike. Blocks call the module itself, so forward
+  hooks (the dynamics analysis, profilers) see every norm.
 * **stem** norms have no residual branch: the patch-embedding norm and the final norm after the body.
+  Their ``forward(x)`` returns ``y``.
+
+A layer class serves both roles: it implements ``forward_with_scale(x) -> (y, scale)`` and inherits
+``forward`` from ``FamilyNorm``, which returns the pair when ``NormScheme.build_branch`` built the
+layer and ``y`` alone otherwise (a plain attribute: state-dict keys are the released ones).
 
 =============  =========================================================  =====================
 norm_type      branch norm                                                 stem norm
@@ -67,21 +73,24 @@ def multiply_add(shift, x, factor):
     return torch.addcmul(shift, x, factor)
 
 
-class _BranchNormMixin:
-    """``forward`` of a branch norm is ``forward_with_scale`` without the scale."""
+class FamilyNorm:
+    """``forward`` of every norm of the family, from its ``forward_with_scale``: ``(y, scale)`` for a
+    branch norm (``residual_branch``, set by ``NormScheme.build_branch``), ``y`` for a stem norm."""
+    residual_branch = False
 
     def forward(self, x):
-        return self.forward_with_scale(x)[0]
+        y, scale = self.forward_with_scale(x)
+        return (y, scale) if self.residual_branch else y
 
 
-class LayerNorm(nn.LayerNorm):
+class LayerNorm(FamilyNorm, nn.LayerNorm):
     """Per-token LayerNorm; keys ``weight``/``bias`` as in the released checkpoints."""
 
     def forward_with_scale(self, x):
-        return super().forward(x), None
+        return nn.LayerNorm.forward(self, x), None  # not super(): FamilyNorm's forward calls back here
 
 
-class TokenRescaledLayerNorm(_BranchNormMixin, nn.LayerNorm):
+class TokenRescaledLayerNorm(FamilyNorm, nn.LayerNorm):
     """Per-token LayerNorm whose branch output is rescaled by each token's own std (ablation).
 
     Isolates the rescaling half of i-LN: every token keeps its magnitude, but tokens are still
@@ -90,7 +99,7 @@ class TokenRescaledLayerNorm(_BranchNormMixin, nn.LayerNorm):
 
     def forward_with_scale(self, x):
         std = torch.sqrt(_float_var_mean(x, -1)[0] + self.eps)
-        return nn.LayerNorm.forward(self, x), std  # not super(): the mixin's forward calls back here
+        return nn.LayerNorm.forward(self, x), std
 
 
 def _holistic_layer_norm(x, gamma, beta, eps, keep_x_hat=True):
@@ -157,7 +166,7 @@ class _HolisticLayerNormFunction(torch.autograd.Function):
         return grad_x, grad_gamma, grad_beta, None
 
 
-class HolisticLayerNorm(_BranchNormMixin, nn.Module):
+class HolisticLayerNorm(FamilyNorm, nn.Module):
     """LN*: one mean and one biased variance per sample over all tokens and channels, then a
     per-channel affine. With ``rescale`` (i-LN) the branch output is multiplied by sqrt(var + eps)
     of this norm's input, which makes ``x + scale * f(LN*(x))`` positively homogeneous in ``x``.
@@ -199,7 +208,7 @@ class Affine(nn.Module):
         return multiply_add(self.beta, x, self.gamma)
 
 
-class InstanceNorm(_BranchNormMixin, nn.Module):
+class InstanceNorm(FamilyNorm, nn.Module):
     """Per sample and per channel over the tokens, then a per-channel affine."""
     image_wide_statistics = True
 
@@ -215,7 +224,7 @@ class InstanceNorm(_BranchNormMixin, nn.Module):
         return y * self.weight + self.bias, None
 
 
-class BatchNorm(_BranchNormMixin, nn.BatchNorm1d):
+class BatchNorm(FamilyNorm, nn.BatchNorm1d):
     """BatchNorm1d over batch and tokens for (B, L, C) sequences (running statistics at test).
 
     Once ``synchronize``-d, its training statistics under torch.distributed are those of all processes'
@@ -235,7 +244,7 @@ class BatchNorm(_BranchNormMixin, nn.BatchNorm1d):
     def forward_with_scale(self, x):
         if self.sync and self.training and is_dist():
             return self._synchronized_forward(x), None
-        return nn.BatchNorm1d.forward(self, x.transpose(1, 2)).transpose(1, 2), None  # not the mixin's forward
+        return nn.BatchNorm1d.forward(self, x.transpose(1, 2)).transpose(1, 2), None
 
     def _synchronized_forward(self, x):
         """One differentiable all-reduce of per-channel (sum, sum of squares) and the count, in float64.
@@ -266,14 +275,14 @@ class BatchNorm(_BranchNormMixin, nn.BatchNorm1d):
         self.running_var.lerp_(unbiased_var.to(self.running_var.dtype), factor)
 
 
-class RMSNorm(_BranchNormMixin, nn.RMSNorm):
+class RMSNorm(FamilyNorm, nn.RMSNorm):
 
     def forward_with_scale(self, x):
         if recording_graph():  # ONNX has an RMS norm operator from opset 23 only: spell it out
             eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
             rms = torch.rsqrt(x.float().square().mean(dim=-1, keepdim=True) + eps)
             return (x.float() * rms).to(x.dtype) * self.weight, None
-        return nn.RMSNorm.forward(self, x), None  # not the mixin's forward, which calls back here
+        return nn.RMSNorm.forward(self, x), None
 
 
 class LayerScaleNorm(LayerNorm):
@@ -287,7 +296,7 @@ class LayerScaleNorm(LayerNorm):
         return nn.LayerNorm.forward(self, x), self.layer_scale
 
 
-class ReZero(_BranchNormMixin, nn.Module):
+class ReZero(FamilyNorm, nn.Module):
     """No normalisation; the residual branch is scaled by a scalar initialised to 0."""
 
     def __init__(self, dim):
@@ -298,7 +307,7 @@ class ReZero(_BranchNormMixin, nn.Module):
         return x, self.alpha
 
 
-class Identity(_BranchNormMixin, nn.Module):
+class Identity(FamilyNorm, nn.Module):
 
     def __init__(self, dim=None):
         super().__init__()
@@ -331,7 +340,7 @@ class NormScheme:
     Learned residual scales (LayerScale, ReZero) scale branches only: their stems are the normalisation.
     """
     label: str
-    branch: Callable  # (dim, eps) -> branch norm with ``forward_with_scale``
+    branch: Callable  # (dim, eps) -> a FamilyNorm for the residual branches
     normalisation: Callable  # (dim, eps) -> the normalisation alone: the stem unless the rule cancels it
     rescales_by_input_std: bool = False
     default_eps: Optional[float] = None  # None: the layer's own default
@@ -342,7 +351,9 @@ class NormScheme:
         return self.default_eps if eps is None else eps
 
     def build_branch(self, dim, eps=None):
-        return self.branch(dim, self.resolve_eps(eps))
+        norm = self.branch(dim, self.resolve_eps(eps))
+        norm.residual_branch = True
+        return norm
 
     def build_stem(self, dim, eps=None):
         if self.rescales_by_input_std:
@@ -389,7 +400,7 @@ def resolve_stdnorm(norm_type, stdnorm):
 
 
 def build_branch_norm(norm_type, dim, eps=None):
-    """Norm in front of a residual branch; has ``forward_with_scale``. ``eps=None``: the scheme's default."""
+    """Norm in front of a residual branch, called as ``y, scale = norm(x)``. ``eps=None``: the scheme's default."""
     return norm_scheme(norm_type).build_branch(dim, eps)
 
 
@@ -418,7 +429,7 @@ class _ScaledResidualFunction(torch.autograd.Function):
 
 
 def residual_add(shortcut, branch_out, scale):
-    """``shortcut + scale * branch_out``; ``scale`` from ``forward_with_scale`` (None means 1)."""
+    """``shortcut + scale * branch_out``; ``scale`` from the branch norm (None means 1)."""
     if scale is None:
         return shortcut + branch_out
     scale = scale.to(branch_out.dtype)

@@ -19,6 +19,7 @@ class SwinIR_iLN(RestorationTransformer):
     input by the DIV2K per-channel std, as the official i-LN option files do; None: the norm scheme's
     default, true for i-LN and its ablations, false otherwise).
     """
+    family = 'SwinIR'
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, depths=(6, 6, 6, 6),
                  num_heads=(6, 6, 6, 6), window_size=7, mlp_ratio=4., qkv_bias=True, qk_scale=None, drop_rate=0.,

@@ -3,14 +3,17 @@
 * window attention with a learned relative-position bias, run by torch's fused
   ``scaled_dot_product_attention`` (bias and shift mask are passed as one additive mask);
 * the (shifted-)window Transformer block, optionally with HAT's parallel convolution branch;
-  its two residual branches go through the norm family's ``forward_with_scale`` hook, so every
-  ``norm_type`` (LN, i-LN, ablations, ...) works in every backbone;
+  its two residual branches take their scale from the norm family's branch norms
+  (``y, scale = norm(x)``), so every ``norm_type`` (LN, i-LN, ablations, ...) works in every backbone;
 * the residual group (SwinIR's RSTB, HAT's RHAG) and the top-level restoration network
   (input normalisation, window padding, shallow conv, body, reconstruction heads).
 
 Module and attribute names follow the released SwinIR/HAT/DRCT code so that released checkpoints
 load key for key.
 """
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from basicsr.archs.swinir_arch import PatchEmbed, PatchUnEmbed, Upsample, UpsampleOneStep, window_partition
@@ -26,6 +29,27 @@ RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, as in SwinIR/HAT/DRCT
 RGB_STD = (0.2842, 0.2701, 0.2920)  # DIV2K std, used by the official i-LN release with stdnorm
 SHIFT_MASK_VALUE = -100.0  # the released models' value for cross-region pairs (not -inf)
 UPSAMPLERS = ('pixelshuffle', 'pixelshuffledirect', 'nearest+conv', '')
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """What every stage of one forward pass shares, computed once for the input size: the shift mask
+    (None: the blocks compute it, or do not shift) and HAT's shared relative-position indices (None:
+    each attention uses its own buffer)."""
+    attn_mask: Optional[torch.Tensor] = None
+    rpi_sa: Optional[torch.Tensor] = None
+    rpi_oca: Optional[torch.Tensor] = None
+
+
+NO_STAGE_INPUTS = StageInputs()
+
+
+def run_layer(layer, x, x_size, stage, use_checkpoint):
+    """``layer(x, x_size, stage)``; with ``use_checkpoint`` its activations are recomputed in backward
+    instead of stored (gradient checkpointing; only while training, where there is a backward)."""
+    if use_checkpoint and layer.training:
+        return checkpoint(layer, x, x_size, stage, use_reentrant=False)
+    return layer(x, x_size, stage)
 
 
 def relative_position_index(window_size):
@@ -197,17 +221,17 @@ class TransformerBlock(nn.Module):
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
         return x.reshape(b, h * w, c)
 
-    def forward(self, x, x_size, attn_mask=None, rpi_sa=None, **unused):
+    def forward(self, x, x_size, stage=NO_STAGE_INPUTS):
         h, w = x_size
         b, _, c = x.shape
-        y, scale = self.norm1.forward_with_scale(x)
+        y, scale = self.norm1(x)
         y = y.view(b, h, w, c)
-        branch = self.drop_path(self._window_attention(y, x_size, attn_mask, rpi_sa))
+        branch = self.drop_path(self._window_attention(y, x_size, stage.attn_mask, stage.rpi_sa))
         if self.conv_block is not None:
             conv = self.conv_block(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, h * w, c)
             branch = branch + conv * self.conv_scale
         x = residual_add(x, branch, scale)
-        y, scale = self.norm2.forward_with_scale(x)
+        y, scale = self.norm2(x)
         return residual_add(x, self.drop_path(tokenwise_in_chunks(self.mlp, y)), scale)
 
     def extra_repr(self):
@@ -245,12 +269,9 @@ class BlockSequence(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.use_checkpoint = use_checkpoint
 
-    def forward(self, x, x_size, **stage_inputs):
+    def forward(self, x, x_size, stage=NO_STAGE_INPUTS):
         for block in self.blocks:
-            if self.use_checkpoint and self.training:
-                x = checkpoint(block, x, x_size, use_reentrant=False, **stage_inputs)
-            else:
-                x = block(x, x_size, **stage_inputs)
+            x = run_layer(block, x, x_size, stage, self.use_checkpoint)
         return x
 
 
@@ -262,8 +283,8 @@ class ResidualGroup(nn.Module):
         self.residual_group = residual_group
         self.conv = build_resi_conv(dim, resi_connection)
 
-    def forward(self, x, x_size, **stage_inputs):
-        y = self.residual_group(x, x_size, **stage_inputs)
+    def forward(self, x, x_size, stage=NO_STAGE_INPUTS):
+        y = self.residual_group(x, x_size, stage)
         # x first: the sum takes the memory layout of its first operand, and image_to_tokens is a
         # transposed view that would make every later token op run on strided memory.
         return x + image_to_tokens(self.conv(tokens_to_image(y, x_size)))
@@ -275,10 +296,14 @@ class RestorationTransformer(nn.Module):
     normalise input -> pad to the window multiple -> conv_first -> tokens (+ stem norm) -> stages
     -> final (stem) norm -> conv_after_body + skip -> reconstruction head -> crop -> denormalise.
 
-    Subclasses build ``self.layers`` (each called as ``layer(x, x_size, **stage_inputs)``), may
-    override ``stage_inputs`` (tensors shared by all stages), then call ``self.apply(self._init_weights)``.
+    Subclasses build ``self.layers`` (each called as ``layer(x, x_size, stage)``), may override
+    ``stage_inputs`` (a ``StageInputs`` shared by all stages), then call ``self.apply(self._init_weights)``.
     Input sizes that are not window multiples are reflect-padded and the output cropped back.
+
+    ``family`` names the backbone (SwinIR, HAT, DRCT) whatever the registered name or norm: the
+    ``*_iLN`` classes are the same family with i-LN as their default ``norm_type``.
     """
+    family = None
 
     def __init__(self, img_size=64, patch_size=1, in_chans=3, embed_dim=96, window_size=7, drop_rate=0., ape=False,
                  patch_norm=True, upscale=2, img_range=1., upsampler='', resi_connection='1conv', norm_type='ln',
@@ -356,11 +381,11 @@ class RestorationTransformer(nn.Module):
         return {'relative_position_bias_table'}
 
     def stage_inputs(self, x_size, device):
-        """Tensors every stage receives as keyword arguments: the shift mask for ``x_size``, unless
-        overridden. Whether there is one depends on the construction only (no branch on the size)."""
+        """The ``StageInputs`` of every stage: the shift mask for ``x_size``, unless overridden. Whether
+        there is one depends on the construction only (no branch on the size)."""
         if not self._shifted:
-            return {}
-        return {'attn_mask': shifted_window_mask(x_size, self.window_size, self.window_size // 2, device)}
+            return NO_STAGE_INPUTS
+        return StageInputs(attn_mask=shifted_window_mask(x_size, self.window_size, self.window_size // 2, device))
 
     def forward_features(self, x):
         x_size = (x.shape[2], x.shape[3])
@@ -370,9 +395,9 @@ class RestorationTransformer(nn.Module):
         if self.ape:
             x = x + self.absolute_pos_embed
         x = self.pos_drop(x)
-        stage_inputs = self.stage_inputs(x_size, x.device)
+        stage = self.stage_inputs(x_size, x.device)
         for layer in self.layers:
-            x = layer(x, x_size, **stage_inputs)
+            x = layer(x, x_size, stage)
         return self.patch_unembed(self.norm(x), x_size)
 
     def _reconstruct(self, feat):
