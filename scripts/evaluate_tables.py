@@ -7,9 +7,10 @@ A RUN is a test option file (``options/test/...``: network, checkpoint, test set
 training option file or experiment folder (the test option file of the same stem is looked up
 under ``--test-options``; for a folder its ``models/net_g_latest.pth`` is evaluated), or a
 checkpoint inside an experiment folder. ``LABEL=RUN`` names the backbone as in the paper (e.g.
-``HAT_1=experiments/train_HAT-mini_SRx4_iln``); otherwise the official i-LN HAT-mini and
-full HAT sizes are recognised as HAT_1 / HAT_dagger, SwinIR-S as SwinIR_1 (our stand-in for that size:
-docs/protocol.md) and other sizes are labelled <family>-<dim>x<stages>.
+``HAT_1=experiments/train_HAT-mini_SRx4_iln``); otherwise a network of a preset size with a paper name
+(basicsr_iln/presets.py: the official i-LN HAT-mini and full HAT sizes as HAT_1 / HAT_dagger, SwinIR-S as
+SwinIR_1, our stand-in for that size: docs/protocol.md) is labelled with it, any other network of our
+families <family>-<dim>x<stages>; a network without a family (BasicSR's own SwinIR) needs its label.
 
 Writes ``tables.md`` and ``tables.csv`` (one row per cell: ours, paper, delta, status) under
 ``--out``: Table 1 (normalisation schemes, x4 SR), Table 2 (LN vs i-LN per task and backbone),
@@ -23,7 +24,6 @@ checkpoint or run is written into its cell.
 """
 import argparse
 import csv
-import inspect
 import json
 import sys
 from collections import defaultdict
@@ -35,24 +35,21 @@ sys.path.insert(0, str(REPO))
 import basicsr_iln  # noqa: E402,F401
 from basicsr.data import build_dataloader  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
-from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 
 from basicsr_iln.analysis import JSONL_NAME  # noqa: E402
+from basicsr_iln.presets import DEGRADATIONS, LEVELS, SIZES, TEST_SETS, size_of  # noqa: E402
 from basicsr_iln.utils.checks import build_dataset_checked  # noqa: E402
 from basicsr_iln.utils.checks import check_datasets  # noqa: E402
 from basicsr_iln.utils.checkpoint import SAFETENSORS_SUFFIX  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
+from basicsr_iln.utils.network_config import arch_class, constructor_defaults  # noqa: E402
 from basicsr_iln.utils.options import load_yaml_file, parse_options  # noqa: E402
 
 PAPER_CSV = REPO / 'docs' / 'paper_results.csv'
-# The paper's table layouts (columns shown whether or not a run covers them).
-SR_SETS = ('Set5', 'Set14', 'B100', 'Urban100', 'Manga109')
+# The paper's table layouts (columns shown whether or not a run covers them): the test sets and levels of
+# basicsr_iln/presets.py, and Table 1's sets.
 TABLE1_SETS = ('Set14', 'B100', 'Urban100', 'Manga109')
-CLEAN_SETS = {('DN', 'color'): ('CBSD68', 'Kodak24', 'McMaster', 'Urban100'), ('DN', 'gray'): ('Set12', 'BSD68', 'Urban100'),
-              ('CAR', 'gray'): ('classic5', 'LIVE1'), ('CAR', 'color'): ('LIVE1', 'Urban100')}
-DERAIN_SETS = ('Rain100H', 'Rain100L', 'Test100', 'Test1200', 'Test2800')
 DERAIN_LEVEL = '-'  # the level column of paper_results.csv's deraining rows
-LEVELS = {'SR': (2, 3, 4), 'DN': (15, 25, 50), 'CAR': (10, 20, 30, 40)}
 LEVEL_FORMAT = {'SR': 'x{}', 'DN': 'sigma{}', 'CAR': 'q{}'}
 METRIC_DIGITS = {'psnr': 2, 'ssim': 4, 'psnrb': 2}
 METRIC_NAMES = {'psnr': 'PSNR', 'ssim': 'SSIM', 'psnrb': 'PSNR-B'}
@@ -60,15 +57,7 @@ MAGNITUDE = 'max_feature_magnitude'  # Table 8, from analysis.jsonl; spans 1 to 
 METRIC_FORMATS = {MAGNITUDE: '.3g'}
 DYNAMICS_SET = '-'  # the "test set" column of a training-dynamics value
 GRAD_CLIP = '+grad_clip'  # norm suffix of a run trained with train.grad_clip_norm
-DEGRADED_TASKS = {'GaussianNoiseDataset': ('DN', 'sigma'), 'JPEGCompressionDataset': ('CAR', 'quality')}
-# Paper backbone names of known sizes: the official i-LN release's HAT-mini (HAT_1) and full-size
-# HAT (HAT_dagger), ../shared/reference/README.md and state_dict_layouts.json.
-PAPER_BACKBONES = {
-    'HAT_1': ('HAT', {'embed_dim': 96, 'depths': [6] * 6, 'compress_ratio': 24, 'squeeze_factor': 24}),
-    'HAT_dagger': ('HAT', {'embed_dim': 180, 'depths': [6] * 6, 'compress_ratio': 3, 'squeeze_factor': 30}),
-    # The paper's SwinIR_1 size is not public: SwinIR-S stands for it (scripts/generate_options.py, DERAIN_SIZES).
-    'SwinIR_1': ('SwinIR', {'embed_dim': 60, 'depths': [6] * 4, 'num_heads': [6] * 4}),
-}
+DEGRADED_TASKS = {d.dataset_type: (kind, d.level_key) for kind, d in DEGRADATIONS.items()}
 # Cell states besides a value; the CSV keeps the detail (paths).
 NO_RUN = 'no run'
 MISSING_SET = 'missing test set'
@@ -86,23 +75,19 @@ def load_published(path=PAPER_CSV):
 
 
 def network_facts(net_opt):
-    """(family, norm_type, effective kwargs) of ``network_g``: class defaults overlaid by the options."""
-    cls = ARCH_REGISTRY.get(net_opt['type'])
-    kwargs = {}
-    for klass in reversed(cls.__mro__[:-1]):
-        params = inspect.signature(klass.__init__).parameters.values() if '__init__' in vars(klass) else []
-        kwargs.update({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
-    kwargs.update({k: v for k, v in net_opt.items() if k != 'type'})
-    family = next((name for name in ('SwinIR', 'HAT', 'DRCT') if name in (c.__name__ for c in cls.__mro__)),
-                  cls.__name__)
-    return family, kwargs.get('norm_type', 'ln'), kwargs
+    """(family or None, norm_type, effective kwargs) of ``network_g``: class defaults overlaid by the options;
+    the family is the architecture class's ``family`` (BasicSR's own networks have none)."""
+    cls = arch_class(net_opt['type'])
+    kwargs = {**constructor_defaults(cls), **{k: v for k, v in net_opt.items() if k != 'type'}}
+    return getattr(cls, 'family', None), kwargs.get('norm_type', 'ln'), kwargs
 
 
 def backbone_label(family, kwargs):
-    for label, (fam, size) in PAPER_BACKBONES.items():
-        if fam == family and all(list(kwargs.get(k, [])) == v if isinstance(v, list) else kwargs.get(k) == v
-                                 for k, v in size.items()):
-            return label
+    """The paper's name of a preset size (the kwargs the option files of that size have), else
+    <family>-<dim>x<stages>."""
+    size = size_of(family, kwargs)
+    if size is not None and SIZES[size].paper_name:
+        return SIZES[size].paper_name
     return f"{family}-{kwargs.get('embed_dim')}x{len(kwargs.get('depths', ()))}"
 
 
@@ -185,6 +170,10 @@ def evaluate_run(spec, args):
         opt['path']['pretrain_network_g'] = str(checkpoint)
     checkpoint = opt['path'].get('pretrain_network_g')
     family, norm, kwargs = network_facts(opt['network_g'])
+    if not label and family is None:  # its kwargs alone could make it look like one of ours
+        raise ConfigError(f"{opt_path}: network_g type '{opt['network_g']['type']}' is not of a backbone family of "
+                          'basicsr_iln (its class has no `family`), so its table rows have no name: give one as '
+                          f'LABEL={spec}')
     label = label or backbone_label(family, kwargs)
     experiment = experiment_folder(checkpoint)
     if experiment is not None and trained_with_grad_clip(experiment):
@@ -309,7 +298,7 @@ def table2b(t):
     header = ['backbone', 'test set'] + [f'{name} {METRIC_NAMES[m]}' for name in ('LN', 'i-LN')
                                          for m in ('psnr', 'ssim')]
     rows = [[b, d] + [t.cell('2b', 'DR', 'color', b, n, DERAIN_LEVEL, d, m) for n in ('ln', 'iln')
-                      for m in ('psnr', 'ssim')] for b in sorted(backbones) for d in DERAIN_SETS]
+                      for m in ('psnr', 'ssim')] for b in sorted(backbones) for d in TEST_SETS[('DR', 'color')]]
     caption = ("PSNR/SSIM on the Y of MATLAB's rgb2ycbcr rounded to integers, whole image (the MPRNet/Restormer "
                'evaluate_PSNR_SSIM.m convention: calculate_psnr_matlab_y / calculate_ssim_matlab_y). SwinIR_1 is '
                'SwinIR-S here: a stand-in for the paper\'s size, which is not in the official release '
@@ -320,8 +309,9 @@ def table2b(t):
 def sr_table(t):
     keys = {(b, n, lv) for task, c, b, n, lv in t.runs if task == 'SR'}
     keys |= {(k[1], k[4], level_of('SR', k[2])) for k in t.published_rows('SR', lambda k: k[5] in ('psnr', 'ssim'))}
-    header = ['backbone', 'norm', 'scale'] + [f'{d} {METRIC_NAMES[m]}' for d in SR_SETS for m in ('psnr', 'ssim')]
-    rows = [[b, n, f'x{lv}'] + [t.cell('SR', 'SR', 'color', b, n, lv, d, m) for d in SR_SETS for m in ('psnr', 'ssim')]
+    sets = TEST_SETS[('SR', 'color')]
+    header = ['backbone', 'norm', 'scale'] + [f'{d} {METRIC_NAMES[m]}' for d in sets for m in ('psnr', 'ssim')]
+    rows = [[b, n, f'x{lv}'] + [t.cell('SR', 'SR', 'color', b, n, lv, d, m) for d in sets for m in ('psnr', 'ssim')]
             for b, n, lv in sorted(keys, key=str)]
     return '## SR: bicubic x2/x3/x4 (Y channel)', markdown(header, rows)
 
@@ -333,7 +323,7 @@ def restoration_table(t, task, metrics):
     header = ['backbone', 'colour', 'norm', 'test set'] + [
         f'{LEVEL_FORMAT[task].format(lv)} {METRIC_NAMES[m]}' for lv in LEVELS[task] for m in metrics]
     rows = [[b, c, n, d] + [t.cell(task, task, c, b, n, lv, d, m) for lv in LEVELS[task] for m in metrics]
-            for b, c, n in sorted(keys) for d in CLEAN_SETS[(task, c)]]
+            for b, c, n in sorted(keys) for d in TEST_SETS[(task, c)]]
     title = {'DN': '## DN: Gaussian denoising (sigma 15/25/50)', 'CAR': '## CAR: JPEG artifact removal (q 10/20/30/40)'}
     return title[task], markdown(header, rows)
 
