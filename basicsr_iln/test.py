@@ -26,6 +26,7 @@ from basicsr.utils.options import dict2str  # noqa: E402
 from basicsr_iln.analysis.precision import parse_precisions  # noqa: E402
 from basicsr_iln.utils.checks import build_dataset_checked  # noqa: E402
 from basicsr_iln.utils.checks import check_checkpoint_path, check_datasets, check_writable_folder  # noqa: E402
+from basicsr_iln.utils.console import FILE_ONLY, quiet_console  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
@@ -46,9 +47,9 @@ def test_pipeline(root_path, argv=None):
 
     make_exp_dirs(opt)  # an existing results folder is renamed to *_archived_<time>, never overwritten
     log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
-    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger = quiet_console(get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file))
     logger.info(get_env_info())
-    logger.info(dict2str(opt))
+    logger.info(dict2str(opt), extra=FILE_ONLY)
 
     test_loaders = []
     for phase, dataset_opt in sorted(opt['datasets'].items()):

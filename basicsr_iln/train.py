@@ -10,7 +10,6 @@ import datetime
 import itertools
 import logging
 import math
-import os
 import sys
 import time
 from os import path as osp
@@ -25,16 +24,16 @@ from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from basicsr.train import init_tb_loggers  # noqa: E402
-from basicsr.utils import (AvgTimer, MessageLogger, check_resume, get_env_info, get_root_logger,  # noqa: E402
-                           get_time_str)
+from basicsr.utils import AvgTimer, get_env_info, get_root_logger, get_time_str  # noqa: E402
 from basicsr.utils.options import dict2str  # noqa: E402
 
 from basicsr_iln.analysis import build_dynamics_recorder  # noqa: E402
 from basicsr_iln.utils.batching import describe_global_batch, micro_batches_per_step, process_batch  # noqa: E402
-from basicsr_iln.utils.checkpoint import load_checkpoint_file, remove_stale_temporaries  # noqa: E402
+from basicsr_iln.utils.checkpoint import prepare_resume, remove_stale_temporaries, resume_position  # noqa: E402
 from basicsr_iln.utils.checks import (build_dataset_checked, check_checkpoint_path, check_datasets,  # noqa: E402
                                       check_writable_folder)
-from basicsr_iln.utils.dist import broadcast_from_rank0, close_dist  # noqa: E402
+from basicsr_iln.utils.console import FILE_ONLY, ProgressLogger, quiet_console  # noqa: E402
+from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, UserFacingError, run_cli  # noqa: E402
 from basicsr_iln.utils.run_folders import NewRunFolders  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env, write_resolved_options  # noqa: E402
@@ -54,14 +53,6 @@ class ResumableSampler(EnlargedSampler):
 
     def __len__(self):
         return self.num_samples - self.skip
-
-
-def resume_position(state, iters_per_epoch):
-    """(epoch, optimizer steps of it already taken) right after the checkpoint ``state``."""
-    done = state['iter'] - state['epoch'] * iters_per_epoch
-    if done >= iters_per_epoch:
-        return state['epoch'] + 1, 0
-    return state['epoch'], max(done, 0)
 
 
 def global_batches(prefetcher, steps, micro_batches):
@@ -109,52 +100,6 @@ def create_dataloaders(opt, logger, micro_batches):
     return train_loader, train_sampler, val_loaders, (iters_per_epoch, total_epochs, total_iters)
 
 
-def find_resume_state(opt):
-    """(path, state) of the training state to resume from, or (None, None).
-
-    With ``--auto_resume`` under DDP, rank 0 chooses and broadcasts the path: every rank resumes from
-    the same state even if its view of the folder differs (a network file system's stale cache).
-    """
-    if not opt['auto_resume']:
-        path = opt['path'].get('resume_state')
-        return (path, load_checkpoint_file(path)) if path else (None, None)
-    path, state = latest_complete_state(opt) if opt['rank'] == 0 else (None, None)
-    path = broadcast_from_rank0(path)
-    if path is not None and state is None:
-        state = load_checkpoint_file(path)
-    return path, state
-
-
-def prepare_resume(opt):
-    """The training state to resume from (or None), with the option paths pointed at its checkpoint."""
-    path, state = find_resume_state(opt)
-    if state is not None:
-        opt['path']['resume_state'] = path
-        check_resume(opt, state['iter'])
-    return state
-
-
-def latest_complete_state(opt):
-    """The latest training state whose file loads and whose network checkpoint exists, or (None, None).
-
-    Checkpoints are written atomically, so a killed run leaves no truncated file; this still skips
-    a state whose network file is missing (e.g. deleted by hand) rather than failing.
-    """
-    state_dir = opt['path']['training_states']
-    if not osp.isdir(state_dir):
-        return None, None
-    iters = sorted((int(n[:-len('.state')]) for n in os.listdir(state_dir)
-                    if n.endswith('.state') and n[:-len('.state')].isdigit()), reverse=True)
-    for it in iters:
-        if osp.isfile(osp.join(opt['path']['models'], f'net_g_{it}.pth')):
-            path = osp.join(state_dir, f'{it}.state')
-            try:
-                return path, load_checkpoint_file(path)
-            except ConfigError as err:
-                print(f'Skipping unreadable training state: {err}', flush=True)
-    return None, None
-
-
 def start_run(opt, args, resolved, micro_batches, folders):
     """Folders, logs, data loaders, model and dynamics recorder of a run: everything before the first step."""
     if folders is not None:
@@ -162,9 +107,9 @@ def start_run(opt, args, resolved, micro_batches, folders):
     if opt['rank'] == 0:  # the only writer: other ranks never touch the experiment folder
         write_resolved_options(resolved, opt['path']['experiments_root'], args.opt)
     log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
-    logger = get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file)
+    logger = quiet_console(get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file))
     logger.info(get_env_info())
-    logger.info(dict2str(opt))
+    logger.info(dict2str(opt), extra=FILE_ONLY)
     tb_logger = init_tb_loggers(opt)
     logger.info(describe_global_batch(opt, micro_batches))
     loaders = create_dataloaders(opt, logger, micro_batches)
@@ -203,7 +148,7 @@ def train_pipeline(root_path, argv=None):
             for path in remove_stale_temporaries(opt['path']['models'], opt['path']['training_states']):
                 logger.info(f'Removed {path}: an unfinished checkpoint write of the interrupted run.')
 
-    msg_logger = MessageLogger(opt, current_iter, tb_logger)
+    msg_logger = ProgressLogger(opt, current_iter, tb_logger)
     if opt['datasets']['train'].get('prefetch_mode') == 'cuda':
         prefetcher = CUDAPrefetcher(train_loader, opt)
     else:

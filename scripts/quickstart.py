@@ -5,8 +5,9 @@
 
 1. builds ``datasets/quickstart`` from photos bundled with scikit-image (x2 SR pairs);
 2. trains ``options/quickstart/train_SwinIR_quickstart_x2_<norm>.yml`` with the real train CLI;
-3. prints PSNR/SSIM (Y channel, border 2) on the held-out photos: bicubic vs each norm, and where
-   the logs, checkpoints and restored images are.
+3. prints PSNR/SSIM (Y channel, border 2) on the held-out photos: bicubic vs each norm, where
+   the logs, checkpoints and restored images are, and the commands that test the runs
+   (options/quickstart/test_*.yml), restore a folder of images with them, and build the tables.
 """
 import argparse
 import json
@@ -25,6 +26,7 @@ from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils.matlab_functions import imresize  # noqa: E402
 
 DATA = REPO / 'datasets' / 'quickstart'
+OPTIONS = 'options/quickstart'
 CROP_BORDER = 2
 
 
@@ -41,7 +43,7 @@ def bicubic_scores(scale=2):
 
 
 def train(norm, iters):
-    opt = REPO / 'options' / 'quickstart' / f'train_SwinIR_quickstart_x2_{norm}.yml'
+    opt = REPO / OPTIONS / f'train_SwinIR_quickstart_x2_{norm}.yml'
     cmd = [sys.executable, str(REPO / 'basicsr_iln' / 'train.py'), '-opt', str(opt)]
     if iters is not None:
         cmd += ['--force_yml', f'train:total_iter={iters}', f'val:val_freq={iters}',
@@ -49,6 +51,20 @@ def train(norm, iters):
     print(f'\n=== training SwinIR x2 with norm_type={norm}: {" ".join(cmd[1:])}', flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
     return REPO / 'experiments' / f'quickstart_SwinIR_x2_{norm}'
+
+
+def follow_up_commands(norms):
+    """(what, command) pairs that test, apply and tabulate the quickstart runs (run from the repository root)."""
+    tests = [f'{OPTIONS}/test_SwinIR_quickstart_x2_{norm}.yml' for norm in norms]
+    commands = [(f'Test {norm} (metrics in the log, images in results/test_SwinIR_quickstart_x2_{norm}/)',
+                 f'python basicsr_iln/test.py -opt {test}') for norm, test in zip(norms, tests)]
+    commands += [(f'Restore a folder of images with {norm} (basicsr-iln-infer once installed; the checkpoint '
+                  'records its network)',
+                  f'python basicsr_iln/infer.py -c experiments/quickstart_SwinIR_x2_{norm}/models/net_g_latest.pth '
+                  f'-i datasets/quickstart/val/LR_x2 -o results/infer_quickstart_x2_{norm}') for norm in norms]
+    commands.append(('Tables (results/tables_quickstart/tables.md and .csv)',
+                     f'python scripts/evaluate_tables.py {" ".join(tests)} --out results/tables_quickstart'))
+    return commands
 
 
 def main():
@@ -72,7 +88,9 @@ def main():
         print(f'| {name} | {psnr:.2f} | {ssim:.4f} | {folder} |')
     print('\nIn each experiment folder: train_*.log (log), models/net_g_latest.pth (checkpoint: params and '
           'params_ema),\nvisualization/<image>/ (restored validation images), metrics.jsonl (every validation); '
-          'TensorBoard: tb_logger/<name>.')
+          'TensorBoard: tb_logger/<name>.\n\nNext, from the repository root:')
+    for what, command in follow_up_commands(args.norms):
+        print(f'\n# {what}\n{command}')
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import torch  # noqa: E402
 
 from basicsr_iln import train  # noqa: E402
+from basicsr_iln.utils import checkpoint  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402  (after basicsr_iln)
 
 record = {'resumed_iter': None, 'shards': {}}
@@ -25,7 +26,7 @@ def recording_iter(sampler, _iter=EnlargedSampler.__iter__):
     return iter(indices)
 
 
-def find_resume_state(opt, _find=train.find_resume_state):
+def find_resume_state(opt, _find=checkpoint.find_resume_state):
     path, state = _find(opt)
     record['resumed_iter'] = state and state['iter']
     return path, state
@@ -39,7 +40,7 @@ def build_model(opt, _build=train.build_model):
 if __name__ == '__main__':
     dump_dir, argv = sys.argv[1], sys.argv[2:]
     EnlargedSampler.__iter__ = recording_iter
-    train.find_resume_state, train.build_model = find_resume_state, build_model
+    checkpoint.find_resume_state, train.build_model = find_resume_state, build_model
     train.main(argv)
     model = record.pop('model')
     record['net_g'] = model.get_bare_model(model.net_g).state_dict()

@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from basicsr_iln.train import build_model, find_resume_state  # basicsr_iln before basicsr (see compat.py)
+from basicsr_iln.train import build_model  # basicsr_iln before basicsr (see compat.py)
+from basicsr_iln.utils.checkpoint import find_resume_state
 from basicsr_iln.utils.dist import close_dist
 from basicsr_iln.utils.options import parse_options
 from helpers import REPO, eval_options_from_train, run_cli, tiny_train_options, write_yaml

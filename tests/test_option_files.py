@@ -289,3 +289,30 @@ def test_released_networks_match_the_published_layouts():
 @pytest.mark.skipif(not SHARED_LAYOUTS.is_file(), reason='../shared/reference is not beside this clone')
 def test_committed_layouts_equal_the_shared_reference():
     assert reference_layouts() == json.loads(SHARED_LAYOUTS.read_text())
+
+
+QUICKSTART_OPTIONS = REPO / 'options' / 'quickstart'
+
+
+@pytest.mark.parametrize('norm', ['ln', 'iln'])
+def test_quickstart_test_files_evaluate_what_the_quickstart_trains(norm):
+    """Each quickstart run has a test file: same network, its EMA checkpoint, its held-out validation photos;
+    scripts/quickstart.py prints the commands that use it."""
+    train_rel, test_rel = (f'options/quickstart/{kind}_SwinIR_quickstart_x2_{norm}.yml' for kind in ('train', 'test'))
+    train_opt = check_options(load_yaml_file(str(REPO / train_rel)), True, train_rel)
+    test_opt = check_options(load_yaml_file(str(REPO / test_rel)), False, test_rel)
+    assert test_opt['name'] == Path(test_rel).stem and test_opt['network_g'] == train_opt['network_g']
+    assert test_opt['path']['pretrain_network_g'] == f"experiments/{train_opt['name']}/models/net_g_latest.pth"
+    assert test_opt['path']['param_key_g'] == 'params_ema' and test_opt['scale'] == train_opt['scale']
+    [test_set] = test_opt['datasets'].values()
+    assert {k: v for k, v in test_set.items() if k != 'name'} == \
+        {k: v for k, v in train_opt['datasets']['val'].items() if k != 'name'}
+    assert test_opt['val']['metrics'] == train_opt['val']['metrics']
+
+    spec = importlib.util.spec_from_file_location('quickstart', REPO / 'scripts' / 'quickstart.py')
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    commands = [command for _, command in quickstart.follow_up_commands([norm])]
+    assert f'python basicsr_iln/test.py -opt {test_rel}' in commands
+    assert any(f"-c {test_opt['path']['pretrain_network_g']} -i datasets/quickstart/val/LR_x2" in c for c in commands)
+    assert any(c.startswith('python scripts/evaluate_tables.py ') and test_rel in c for c in commands)

@@ -11,11 +11,11 @@ import torch
 from basicsr.models import build_model
 from basicsr.utils import make_exp_dirs
 
-from basicsr_iln.models.ir_model import build_network_checked
-from basicsr_iln.train import prepare_resume, resume_position
 from basicsr_iln.utils import checkpoint
-from basicsr_iln.utils.checkpoint import atomic_torch_save, complete_checkpoint_iters, prune_checkpoints
+from basicsr_iln.utils.checkpoint import (atomic_torch_save, complete_checkpoint_iters, find_resume_state,
+                                         latest_complete_state, prepare_resume, prune_checkpoints, resume_position)
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
+from basicsr_iln.utils.network_config import build_network_checked
 from basicsr_iln.utils.options import check_options, parse_options
 from helpers import cli_command, eval_options_from_train, run_cli, tiny_train_options, write_yaml
 
@@ -163,6 +163,25 @@ def test_prune_checkpoints_keeps_the_newest_complete_pairs(tmp_path):
     with pytest.raises(ValueError):
         prune_checkpoints(models, states, keep=0)
 
+
+
+def test_auto_resume_picks_the_latest_complete_readable_state(tmp_path, capsys):
+    models, states = tmp_path / 'models', tmp_path / 'training_states'
+    models.mkdir()
+    states.mkdir()
+    for it in (3, 6, 9):
+        atomic_torch_save({'iter': it}, states / f'{it}.state')
+    (models / 'net_g_3.pth').touch()
+    (models / 'net_g_6.pth').touch()
+    (models / 'net_g_12.pth').touch()  # its state was never written
+    opt = {'auto_resume': True, 'rank': 0, 'path': {'models': str(models), 'training_states': str(states)}}
+    assert find_resume_state(opt) == (str(states / '6.state'), {'iter': 6})  # 9 has no network file
+    state = (states / '6.state').read_bytes()
+    (states / '6.state').write_bytes(state[:len(state) // 2])  # cut short outside our atomic writes
+    assert latest_complete_state(opt) == (str(states / '3.state'), {'iter': 3})
+    assert 'Skipping unreadable training state' in capsys.readouterr().out
+    (states / '3.state').unlink()
+    assert find_resume_state(opt) == (None, None)
 
 @pytest.fixture
 def model(tiny_sr_data, tmp_path):

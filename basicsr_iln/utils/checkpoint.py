@@ -1,5 +1,6 @@
 """Checkpoint I/O: safe loading of every released layout (``.pth`` and ``.safetensors``), atomic saving,
-clear mismatch errors, and the network config our checkpoints carry (utils/network_config.py)."""
+clear mismatch errors, the network config our checkpoints carry (utils/network_config.py), pruning, and
+finding the checkpoint a run resumes from."""
 import json
 import os
 import pickle
@@ -9,10 +10,11 @@ from os import path as osp
 
 import safetensors.torch
 import torch
-from basicsr.utils import get_root_logger
+from basicsr.utils import check_resume, get_root_logger
 from safetensors import SafetensorError
 
 from basicsr_iln.archs.norms import norm_scheme
+from .dist import broadcast_from_rank0
 from .errors import ConfigError
 from .network_config import NETWORK_CONFIG_KEY, checkpoint_network_config, config_differences, describe_differences
 
@@ -235,3 +237,56 @@ def prune_checkpoints(models_dir, states_dir, keep, label='net_g'):
                 os.remove(osp.join(folder, name))
                 removed.append(osp.join(folder, name))
     return removed
+
+
+# --- resuming ------------------------------------------------------------------------------------------
+
+def latest_complete_state(opt):
+    """(path, state) of the latest training state that loads and whose network checkpoint exists, or
+    (None, None).
+
+    Checkpoints are written atomically, so a killed run leaves no truncated file; this still skips
+    a state whose network file is missing (e.g. deleted by hand) or that cannot be read, rather than failing.
+    """
+    states_dir = opt['path']['training_states']
+    for it in reversed(complete_checkpoint_iters(opt['path']['models'], states_dir)):
+        path = osp.join(states_dir, f'{it}.state')
+        try:
+            return path, load_checkpoint_file(path)
+        except ConfigError as err:
+            print(f'Skipping unreadable training state: {err}', flush=True)  # before the logger has its file
+    return None, None
+
+
+def find_resume_state(opt):
+    """(path, state) of the training state to resume from (``path.resume_state`` or, with ``--auto_resume``,
+    the latest complete one), or (None, None).
+
+    With ``--auto_resume`` under DDP, rank 0 chooses and broadcasts the path: every rank resumes from
+    the same state even if its view of the folder differs (a network file system's stale cache).
+    """
+    if not opt['auto_resume']:
+        path = opt['path'].get('resume_state')
+        return (path, load_checkpoint_file(path)) if path else (None, None)
+    path, state = latest_complete_state(opt) if opt['rank'] == 0 else (None, None)
+    path = broadcast_from_rank0(path)
+    if path is not None and state is None:
+        state = load_checkpoint_file(path)
+    return path, state
+
+
+def prepare_resume(opt):
+    """The training state to resume from (or None), with the option paths pointed at its checkpoint."""
+    path, state = find_resume_state(opt)
+    if state is not None:
+        opt['path']['resume_state'] = path
+        check_resume(opt, state['iter'])
+    return state
+
+
+def resume_position(state, iters_per_epoch):
+    """(epoch, optimizer steps of it already taken) right after the checkpoint ``state``."""
+    done = state['iter'] - state['epoch'] * iters_per_epoch
+    if done >= iters_per_epoch:
+        return state['epoch'] + 1, 0
+    return state['epoch'], max(done, 0)

@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # works from a bare clone too
 from basicsr_iln.data.degraded_dataset import IMG_EXTENSIONS  # noqa: E402  (installs the torchvision alias)
+from basicsr_iln.data.bicubic import bicubic_downsample  # noqa: E402
 from basicsr.data.transforms import mod_crop
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
-from basicsr.utils.matlab_functions import imresize
 
 
 def list_images(folder):
@@ -69,19 +69,6 @@ def read_image(path):
 def write_png(img, path):
     if not cv2.imwrite(path, np.ascontiguousarray(img)):
         raise OSError(f'OpenCV could not write {path}')
-
-
-def bicubic_downsample(img, scale):
-    """MATLAB ``imresize(img, 1/scale, 'bicubic')`` of a uint8 image, rounded back to uint8 as
-    MATLAB does (half away from zero) — how the standard benchmark LR images were made."""
-    h, w = img.shape[:2]
-    if h % scale or w % scale:
-        raise ValueError(f'image size {h}x{w} is not a multiple of scale {scale}; mod-crop it first')
-    # imresize is linear, so feed 0-255 values: exact ties (common at x2) then stay exact .5.
-    lr = imresize(img.astype(np.float32), 1 / scale)
-    if lr.shape[:2] != (h // scale, w // scale):
-        raise RuntimeError(f'imresize gave {lr.shape[:2]} for {h}x{w} at x{scale}')
-    return np.floor(np.clip(lr, 0, 255) + 0.5).astype(np.uint8)
 
 
 def crop_starts(length, crop_size, step, thresh_size):

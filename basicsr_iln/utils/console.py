@@ -1,0 +1,47 @@
+"""What the CLIs show on the console versus what only their log file gets.
+
+Why: BasicSR logs the whole option dict and the whole network (hundreds of lines) at INFO, burying the
+progress lines a user watches; the log file keeps them for the record. A record logged with
+``extra=FILE_ONLY`` skips the console handlers (those installed by :func:`quiet_console`); every other
+record is shown as before.
+"""
+import logging
+
+from basicsr.utils import MessageLogger, get_root_logger
+from basicsr.utils.dist_util import master_only
+
+FILE_ONLY_ATTRIBUTE = 'file_only'
+FILE_ONLY = {FILE_ONLY_ATTRIBUTE: True}  # logger.info(text, extra=FILE_ONLY): the log file only
+
+
+def _not_file_only(record):
+    return not getattr(record, FILE_ONLY_ATTRIBUTE, False)
+
+
+def quiet_console(logger):
+    """Keep ``FILE_ONLY`` records off the console handlers of ``logger`` (a FileHandler is not one); idempotent."""
+    for handler in logger.handlers:
+        if not isinstance(handler, logging.FileHandler) and _not_file_only not in handler.filters:
+            handler.addFilter(_not_file_only)
+    return logger
+
+
+@master_only
+def log_network(net):
+    """BaseModel.print_network for a bare network (no DDP / compile wrapper), with the dump of its layers in
+    the log file only: the class and parameter count stay on the console."""
+    logger = get_root_logger()
+    logger.info(f'Network: {type(net).__name__}, with parameters: {sum(p.numel() for p in net.parameters()):,d}')
+    logger.info(str(net), extra=FILE_ONLY)
+
+
+class ProgressLogger(MessageLogger):
+    """BasicSR's MessageLogger with a right ETA: BasicSR counts one iteration too many as remaining
+    (``total - current - 1`` after iteration ``current``), so its last line read ``eta: -1 day, 23:59:59``.
+    Offsetting its ``max_iters`` by one makes the remaining count ``total - current``: 0 at the end, never
+    negative."""
+
+    def __init__(self, opt, start_iter=1, tb_logger=None):
+        super().__init__(opt, start_iter, tb_logger)
+        self.max_iters += 1
+
