@@ -35,12 +35,12 @@ from tqdm import tqdm  # noqa: E402
 from basicsr_iln.archs.chunking import DEFAULT_CHUNK_TOKENS  # noqa: E402
 from basicsr_iln.data.degraded_dataset import add_gaussian_noise, jpeg_roundtrip, seeded_noise_rng  # noqa: E402
 from basicsr_iln.analysis.precision import EVAL_PRECISIONS, PrecisionNetwork  # noqa: E402
-from basicsr_iln.models.ir_model import build_network_checked  # noqa: E402
 from basicsr_iln.utils.checkpoint import load_checkpoint_file, load_weights  # noqa: E402
 from basicsr_iln.utils.checks import IMAGE_SUFFIXES  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.network_config import (  # noqa: E402
-    checkpoint_network_config, config_differences, describe_differences, network_config, network_options)
+    build_network_checked, checkpoint_network_config, config_differences, describe_differences, network_config,
+    network_options)
 from basicsr_iln.utils.inference import check_tiling, restore, tiling_caveats  # noqa: E402
 from basicsr_iln.utils.options import load_yaml_file  # noqa: E402
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 import yaml
 
-from basicsr_iln.models.ir_model import build_network_checked
+from basicsr_iln.utils.network_config import build_network_checked
 from helpers import REPO, cli_command, eval_options_from_train, run_cli, tiny_train_options
 
 pytestmark = pytest.mark.slow  # every test here runs real CLIs or several processes

@@ -9,10 +9,10 @@ import torch
 import torch.multiprocessing as mp
 
 from basicsr_iln.archs.norms import BatchNorm  # basicsr_iln before basicsr (see compat.py)
-from basicsr_iln.models.ir_model import build_network_checked
 from basicsr_iln.train import build_model
 from basicsr_iln.utils.dist import close_dist
 from basicsr_iln.utils.errors import ConfigError
+from basicsr_iln.utils.network_config import build_network_checked
 from basicsr_iln.utils.options import parse_options
 from helpers import run_cli, tiny_train_options, write_yaml
 from test_distributed import BATCH, NPROC, first_step, free_port, load_ranks

@@ -31,31 +31,31 @@ import json
 import math
 import os
 import random
+import sys
 from collections import OrderedDict
 from os import path as osp
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from basicsr.archs import build_network
 from basicsr.metrics import calculate_metric
-from basicsr.models.base_model import BaseModel
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info, master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from basicsr_iln.analysis.precision import FLOAT_DTYPES, PrecisionNetwork
 from basicsr_iln.archs.norms import BatchNorm
 from basicsr_iln.utils.batching import micro_batches_per_step
+from basicsr_iln.utils.console import log_network
 from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights, prune_checkpoints
 from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 from basicsr_iln.utils.inference import restore
-from basicsr_iln.utils.network_config import NETWORK_CONFIG_KEY, arch_class, network_config
+from basicsr_iln.utils.network_config import NETWORK_CONFIG_KEY, check_network_builds, network_config
 from basicsr_iln.utils.schema import read_option, resolve_option
 
 def precision_dtype(name, key):
@@ -92,14 +92,17 @@ def total_norm(tensors):
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
 
 
-def build_network_checked(net_opt):
-    """``build_network`` that names the architecture and the bad option instead of a bare TypeError."""
-    arch = net_opt.get('type')
-    arch_class(arch)
-    try:
-        return build_network(net_opt)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f'network_g ({arch}): {err}') from None
+def rank_share_loader(dataset, rank, world_size):
+    """Items rank, rank + world_size, ... of a validation / test set, one per batch, read ahead by the set's
+    ``num_worker_per_gpu`` worker processes while the network runs (BasicSR's evaluation loaders have none)."""
+    share = Subset(dataset, range(rank, len(dataset), world_size))
+    return DataLoader(share, batch_size=1, shuffle=False, num_workers=dataset.opt.get('num_worker_per_gpu') or 0)
+
+
+def show_progress(val_opt):
+    """``val.pbar``; unset: a progress bar when the console is a terminal (not in redirected logs)."""
+    pbar = read_option(val_opt, 'val.pbar')
+    return sys.stderr.isatty() if pbar is None else pbar
 
 
 def rng_states():
@@ -126,16 +129,22 @@ class IRModel(SRModel):
     """Image restoration model: L1 (or any BasicSR loss) training with EMA, PSNR/SSIM validation."""
     eval_net = None  # a PrecisionNetwork once set_eval_precision was called (test CLI)
 
-    def __init__(self, opt):  # SRModel.__init__, with the checked network build
-        BaseModel.__init__(self, opt)
-        self.net_g = self.model_to_device(build_network_checked(opt['network_g']))
-        self.print_network(self.net_g)
-        load_path = self.opt['path'].get('pretrain_network_g')
-        if load_path is not None:
-            self.load_network(self.net_g, load_path, self.opt['path'].get('strict_load_g', True),
-                              self.opt['path'].get('param_key_g', 'params'))
-        if self.is_train:
-            self.init_training_settings()
+    def __init__(self, opt):
+        check_network_builds(opt['network_g'])  # a bad network_g as one line, not BasicSR's traceback
+        super().__init__(opt)
+
+    def print_network(self, net):
+        """The class and size on the console; BasicSR's dump of every layer in the log file only."""
+        log_network(self.get_bare_model(net))
+
+    def __init_subclass__(cls, **kwargs):
+        """``validation`` does the work of BasicSR's (non)dist_validation, which it never calls: a subclass
+        overriding those would be silently ignored, so it is refused."""
+        super().__init_subclass__(**kwargs)
+        ignored = [name for name in ('nondist_validation', 'dist_validation') if name in vars(cls)]
+        if ignored:
+            raise TypeError(f'{cls.__name__} overrides {", ".join(ignored)}, which IRModel never calls: '
+                            'override validation (the whole pass) or _restore_one (one image) instead')
 
     def init_training_settings(self):
         super().init_training_settings()
@@ -396,10 +405,12 @@ class IRModel(SRModel):
         dataset_name = dataset.opt['name']
         metrics_opt = self.opt['val'].get('metrics') or {}
         rank, world_size = get_dist_info()
+        share = iter(rank_share_loader(dataset, rank, world_size))
         records = []
-        for start in tqdm(range(0, len(dataset), world_size), unit='step', disable=rank != 0 or
-                          not self.opt['val'].get('pbar', False), desc=f'Validate {dataset_name}'):
-            restored = self._restore_one(dataset, start + rank, metrics_opt) if start + rank < len(dataset) else None
+        for start in tqdm(range(0, len(dataset), world_size), unit='image', unit_scale=world_size,
+                          disable=rank != 0 or not show_progress(self.opt['val']), desc=f'Validate {dataset_name}'):
+            data = next(share, None)  # None: this rank's share is done, the others' not yet
+            restored = self._restore_one(data, metrics_opt) if data is not None else None
             if restored is not None:
                 records.append((start + rank, restored[2]))
             if save_img:
@@ -414,9 +425,8 @@ class IRModel(SRModel):
                 self._update_best_metric_result(dataset_name, name, value, current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
 
-    def _restore_one(self, dataset, index, metrics_opt):
-        """(image name, restored uint8 image, {metric: value}) for item ``index`` of ``dataset``."""
-        data = default_collate([dataset[index]])
+    def _restore_one(self, data, metrics_opt):
+        """(image name, restored uint8 image, {metric: value}) for one loaded item (a batch of 1)."""
         self.feed_data(data)
         self.test()
         metric_data = {'img': tensor2img([self.output.detach().cpu()])}

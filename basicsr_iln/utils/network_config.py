@@ -11,6 +11,8 @@ otherwise is an error naming the key.
 import inspect
 import json
 
+import torch
+from basicsr.archs import build_network
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from basicsr_iln.archs.norms import norm_scheme, resolve_stdnorm
@@ -29,6 +31,24 @@ def arch_class(arch_type):
         valid = ', '.join(sorted(name for name, _ in ARCH_REGISTRY))
         raise ConfigError(f"unknown network_g type '{arch_type}'. Registered architectures: {valid}")
     return ARCH_REGISTRY.get(arch_type)
+
+
+def build_network_checked(net_opt):
+    """``build_network`` that names the architecture and the bad option instead of a bare TypeError."""
+    arch = net_opt.get('type')
+    arch_class(arch)
+    try:
+        return build_network(net_opt)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f'network_g ({arch}): {err}') from None
+
+
+def check_network_builds(net_opt):
+    """Raise ``build_network_checked``'s error, if any, without allocating or initialising weights: the
+    network is built on the meta device and dropped. Lets a model report a bad ``network_g`` as one line
+    and still build its networks the way BasicSR does."""
+    with torch.device('meta'):
+        build_network_checked(net_opt)
 
 
 def constructor_defaults(cls):

@@ -15,7 +15,7 @@ Conventions:
 * ``runtime`` keys are filled in by the CLI (a value in a file is replaced) and never saved;
 * losses, metrics, the optimizer and the scheduler accept exactly the keyword arguments of the
   callable their ``type`` names (types guessed from its defaults) and leave the defaults to it;
-* ``network_g`` is checked by the architecture's constructor (models/ir_model.build_network_checked).
+* ``network_g`` is checked by the architecture's constructor (utils/network_config.build_network_checked).
 """
 import inspect
 import math
@@ -397,8 +397,7 @@ COMMON_DATASET = {
     'scale': Option(POSITIVE_INT, None, "set by the CLI from the top-level 'scale'", runtime=True),
     'batch_size_per_gpu': Option(POSITIVE_INT, None, 'training batch per process (global batch: x world size)',
                                  required=True, train_only=True),
-    'num_worker_per_gpu': Option(NON_NEGATIVE_INT, 0, 'loader worker processes per process (0: load in-process)',
-                                 train_only=True),
+    'num_worker_per_gpu': Option(NON_NEGATIVE_INT, 0, 'loader worker processes per process (0: load in-process)'),
     'dataset_enlarge_ratio': Option(POSITIVE_INT, 1, 'the training set is repeated this many times per epoch',
                                     train_only=True),
     'use_shuffle': Option(Boolean(), None, "BasicSR's flag; training batches are always shuffled (by the sampler)",
@@ -540,7 +539,7 @@ VAL = Section({
     'val_freq': Option(POSITIVE_INT, None, 'validate every this many iterations', required=True, train_only=True),
     'save_img': Option(Boolean(), False, 'write the restored images (visualization/)'),
     'suffix': Option(Text(), None, 'file-name suffix of images saved by the test CLI (default: the run name)'),
-    'pbar': Option(Boolean(), False, 'show a progress bar'),
+    'pbar': Option(Boolean(), None, 'show a progress bar (null: when the console is a terminal)'),
     'self_ensemble': Option(Boolean(), False, 'average the outputs of the 8 flips/rotations'),
     'max_chunk_tokens': Option(NON_NEGATIVE_INT, DEFAULT_CHUNK_TOKENS, 'whole images in bounded memory: attention '
                                'and MLPs this many tokens at a time (0: in one piece)'),
