@@ -1,19 +1,44 @@
 #!/usr/bin/env python
-"""Speed and memory of SwinIR / HAT / DRCT with LN and i-LN, and of our SwinIR against BasicSR's.
+"""Speed, memory and FLOP/s of SwinIR / HAT / DRCT with LN and i-LN, our SwinIR against BasicSR's, and
+whether BasicSR's data loader keeps up with the training step.
 
     python scripts/benchmark_speed.py [--archs SwinIR HAT DRCT] [--devices cpu cuda] [--repeats 15]
         [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8]
-        [--threads 1] [--profile SwinIR] [--out results.md] [--block-shapes 2x1024x48 1x2304x180] [--compile]
+        [--precision fp32] [--peak-tflops X] [--threads 1] [--profile SwinIR] [--out results.md]
+        [--block-shapes 2x1024x48 1x2304x180] [--compile] [--with-data [--workers 0 2] [--data-from DIR]
+        [--sub-size 480]]
 
 Variants: every arch x norm (ln, iln) at the same small x2 classical-SR config, plus ``basicsr``:
 ``basicsr.archs.swinir_arch.SwinIR`` with the weights of our SwinIR (ln); with ``--compile`` each of
 them also under ``torch.compile`` (inductor, static shapes), timed in the same interleaved rounds. Measured per variant:
 a training step (zero_grad, forward, L1 loss, backward, Adam step) on ``--batch`` LR crops of
-``--train-size`` pixels, and inference (eval, no_grad) on one ``--infer-size`` image.
+``--train-size`` pixels, and inference (eval, no_grad) on one ``--infer-size`` image; ``--precision bf16``
+runs both under bf16 autocast.
 
 Timing is interleaved: each round times every variant once, in an order rotated from round to
 round, so that load changes on a shared machine hit all variants alike; times are medians over
 rounds and ratios are medians of the per-round ratios (variants timed next to each other).
+
+FLOPs of one training step and of one inference are counted once per variant, outside the timed rounds,
+by ``torch.utils.flop_counter.FlopCounterMode``; each timed row shows the achieved TFLOP/s and the MFU
+(achieved / peak): the peak is ``--peak-tflops``, else on CUDA a datasheet value for the GPU and precision
+(H100, H200, A100; see PEAK_TFLOPS), else unknown (CPU: MFU '-'). FlopCounterMode counts matrix
+multiplications, convolutions and attention (SDPA; torch's CPU kernel, which it has no formula for, counted
+as its CUDA kernels are) only; norms, softmax, elementwise ops and the optimizer step count nothing, so the
+MFU is a lower bound of the work the hardware does.
+
+``--with-data`` adds the whole training iteration with data loading, for ``(arch, iln)`` of SwinIR (or of
+each ``--archs`` given): HR sub-images of ``--sub-size`` px (BasicSR's extract_subimages scheme, step
+half the size; 480 as for DF2K) and their x2 MATLAB-bicubic LR, cut from a few real photos
+(``--data-from``: ../shared/datasets/train/Sun_Hays80 beside the clone, else the quickstart's photos
+bundled with scikit-image) into a temporary folder, once as PNG files and once as LMDB
+(``make_lmdb_from_imgs``), read by BasicSR's ``PairedImageDataset`` (training crops, flips, rotations) and
+``build_dataloader`` with each of ``--workers`` (one loader per source and worker count serves every
+variant). Per source and worker count: loader-only samples/s (batches taken, nothing else), full-iteration
+samples/s (next batch, ``.to(device)``, training step) and its ratio to compute-only samples/s (the same
+steps on fixed tensors), all in the same interleaved rounds; each timed call takes several batches after
+emptying the loader's prefetch queue (filled while other calls ran).
+The files were just written, so they are read from the OS page cache: decoding is measured, disk reads are not.
 
 ``--block-shapes BxLxC ...`` adds the same LN vs i-LN comparison for one block half alone (norm,
 a Linear branch, residual) on (B, L, C) tokens: forward + backward, and forward without autograd.
@@ -27,37 +52,85 @@ the start (tracemalloc does not see torch's allocator, and ``ru_maxrss`` of this
 imports and model building, far above a small network's activations).
 """
 import argparse
+import contextlib
+import itertools
+import math
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / 'scripts'))
+sys.path.insert(0, str(REPO / 'scripts' / 'data_preparation'))
 
 import basicsr_iln  # noqa: E402,F401
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from basicsr.archs.swinir_arch import SwinIR as BasicSRSwinIR  # noqa: E402
+from basicsr.data import build_dataloader  # noqa: E402
+from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
+from basicsr.data.paired_image_dataset import PairedImageDataset  # noqa: E402
+from basicsr.data.transforms import mod_crop  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 
 from basicsr_iln.archs.norms import build_branch_norm, residual_add  # noqa: E402
+from make_quickstart_dataset import TRAIN_PHOTOS, load_photo  # noqa: E402
+from prepare_sr import bicubic_downsample, crop_starts, list_images, make_lmdb, read_image, write_png  # noqa: E402
 
 ARCH_TYPES = {'SwinIR': 'SwinIR_iLN', 'HAT': 'HAT', 'DRCT': 'DRCT'}
 NORMS = ('ln', 'iln')
 BASICSR = ('SwinIR', 'basicsr')
 COMPILED = 'compiled'  # third element of a variant: torch.compile (inductor, static shapes)
+SCALE = 2
+SHARED_PHOTOS = REPO.parent / 'shared' / 'datasets' / 'train' / 'Sun_Hays80'
+DATA_PHOTOS = 4  # photos cut into sub-images for --with-data
+DATA_ITERS = 8  # batches per timed data call: enough for the workers' parallelism to show
+
+# Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, by a substring of the CUDA device name and by
+# --precision: H100 SXM5 and H200 SXM: bf16 tensor cores 989, fp32 on the CUDA cores 67; A100 SXM4: bf16
+# 312, fp32 19.5. fp32 assumes no TF32, torch's default for matmuls (cuDNN convolutions may use TF32, so
+# an fp32 MFU can be a little high). PCIe and NVL boards are left out (the H100/H200 ones run lower clocks):
+# give --peak-tflops for them and for other GPUs.
+PEAK_TFLOPS = {'H100': {'fp32': 67.0, 'bf16': 989.0}, 'H200': {'fp32': 67.0, 'bf16': 989.0},
+               'A100': {'fp32': 19.5, 'bf16': 312.0}}
 
 
 def network_kwargs(args, arch):
-    kwargs = dict(upscale=2, in_chans=3, img_size=args.train_size, window_size=args.window, img_range=1.0,
+    kwargs = dict(upscale=SCALE, in_chans=3, img_size=args.train_size, window_size=args.window, img_range=1.0,
                   depths=args.depths, embed_dim=args.embed_dim, num_heads=args.heads, mlp_ratio=2,
                   upsampler='pixelshuffle', resi_connection='1conv')
     if arch == 'HAT':
         kwargs.update(compress_ratio=3, squeeze_factor=16)
     return kwargs
+
+
+def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query, key, value)
+
+
+def cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+# FlopCounterMode has formulas for the CUDA attention kernels but not for the CPU one (our inference on CPU):
+# count it the same way, so that CPU and CUDA rows count the same work.
+CPU_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops,
+                       torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                       cpu_attention_backward_flops}
+
+
+def counted_flops(run):
+    """FLOPs of ``run()``: matmuls, convolutions and attention only (see the module docstring)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        run()
+    return counter.get_total_flops()
 
 
 def build(args, variant, device):
@@ -79,38 +152,52 @@ class Bench:
 
     def __init__(self, args, variant, device):
         self.device = device
+        self.bf16 = args.precision == 'bf16'
         self.net = build(args, variant[:2], device)
         if compiled(variant):  # static shapes, as option `compile` defaults to (dynamic tracing hangs)
             self.net = torch.compile(self.net, dynamic=False)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-4)
         gen = torch.Generator().manual_seed(1)
         self.lq = torch.rand(args.batch, 3, args.train_size, args.train_size, generator=gen).to(device)
-        self.gt = torch.rand(args.batch, 3, 2 * args.train_size, 2 * args.train_size, generator=gen).to(device)
+        self.gt = torch.rand(args.batch, 3, SCALE * args.train_size, SCALE * args.train_size, generator=gen).to(device)
         self.image = torch.rand(1, 3, args.infer_size, args.infer_size, generator=gen).to(device)
 
-    def _sync(self):
+    def sync(self):
         if self.device.type == 'cuda':
             torch.cuda.synchronize()
 
-    def train_step(self, zero_grad=True):
-        self.net.train()
-        self._sync()
-        start = time.perf_counter()
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def train_on(self, lq, gt, zero_grad=True):
+        """One training step on ``lq``/``gt``, untimed (the network must be in train mode)."""
         if zero_grad:
             self.optimizer.zero_grad(set_to_none=True)
-        F.l1_loss(self.net(self.lq), self.gt).backward()
+        with self._autocast():
+            loss = F.l1_loss(self.net(lq), gt)
+        loss.backward()
         self.optimizer.step()
-        self._sync()
+
+    def train_step(self, zero_grad=True):
+        self.net.train()
+        self.sync()
+        start = time.perf_counter()
+        self.train_on(self.lq, self.gt, zero_grad)
+        self.sync()
         return time.perf_counter() - start
 
     def infer(self):
         self.net.eval()
-        self._sync()
+        self.sync()
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             self.net(self.image)
-        self._sync()
+        self.sync()
         return time.perf_counter() - start
+
+    def flops(self):
+        """(training step, inference) FLOPs, counted on one call of each (it also warms the network up)."""
+        return counted_flops(self.train_step), counted_flops(self.infer)
 
 
 class BlockHalfBench:
@@ -125,7 +212,7 @@ class BlockHalfBench:
         self.grad = torch.randn(*shape, generator=gen)
 
     def _forward(self, x):
-        y, scale = self.norm.forward_with_scale(x)
+        y, scale = self.norm(x)
         return residual_add(x, self.branch(y), scale)
 
     def train_step(self):
@@ -147,8 +234,8 @@ def block_half_benchmark(args):
              '|---|---|---|---|---|---|---|']
     for shape in args.block_shapes:
         benches = {norm: BlockHalfBench(shape, norm) for norm in NORMS}
-        train = interleaved_times(benches, 'train_step', 10 * args.repeats, args.warmup)
-        infer = interleaved_times(benches, 'infer', 10 * args.repeats, args.warmup)
+        train = interleaved_times({n: b.train_step for n, b in benches.items()}, 10 * args.repeats, args.warmup)
+        infer = interleaved_times({n: b.infer for n, b in benches.items()}, 10 * args.repeats, args.warmup)
         cells = []
         for times in (train, infer):
             cells += [f'{statistics.median(times[n]) * 1e3:.3f}' for n in NORMS]
@@ -198,16 +285,17 @@ def peak_memory(args, variant, device):
     return measure(bench.infer), measure(lambda: bench.train_step(zero_grad=False))
 
 
-def interleaved_times(benches, method, repeats, warmup):
-    """{variant: [seconds per round]}; each round runs every variant once, rotating the order."""
-    variants = list(benches)
+def interleaved_times(runs, repeats, warmup):
+    """{key: [seconds per round]} of ``runs`` = {key: call returning seconds}; each round calls every run
+    once, rotating the order."""
+    keys = list(runs)
     for _ in range(warmup):
-        for v in variants:
-            getattr(benches[v], method)()
-    times = {v: [] for v in variants}
+        for k in keys:
+            runs[k]()
+    times = {k: [] for k in keys}
     for r in range(repeats):
-        for v in variants[r % len(variants):] + variants[:r % len(variants)]:
-            times[v].append(getattr(benches[v], method)())
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[k].append(runs[k]())
     return times
 
 
@@ -222,6 +310,30 @@ def compiled(variant):
 def name(variant):
     base = 'SwinIR ln (BasicSR)' if variant[:2] == BASICSR else f'{variant[0]} {variant[1]}'
     return f'{base}, compiled' if compiled(variant) else base
+
+
+def known_peak_tflops(device_name, precision):
+    """Datasheet peak of a CUDA device (PEAK_TFLOPS), None for boards and GPUs not in the table."""
+    if 'pcie' in device_name.lower() or 'nvl' in device_name.lower():
+        return None
+    return next((peaks[precision] for gpu, peaks in PEAK_TFLOPS.items() if gpu in device_name), None)
+
+
+def peak_tflops(args, device):
+    """(peak TFLOP/s or None, where it comes from) for the MFU column."""
+    if args.peak_tflops:
+        return args.peak_tflops, '--peak-tflops'
+    if device.type == 'cuda':
+        peak = known_peak_tflops(torch.cuda.get_device_name(device), args.precision)
+        if peak:
+            return peak, f'datasheet, {args.precision} dense'
+    return None, 'unknown'
+
+
+def throughput_cells(flops, seconds, peak):
+    """(achieved TFLOP/s, MFU) as table cells; MFU '-' without a peak."""
+    achieved = flops / seconds / 1e12
+    return f'{achieved:.4f}', f'{100 * achieved / peak:.1f}%' if peak else '-'
 
 
 def hardware(device):
@@ -256,22 +368,32 @@ def benchmark(args, device):
     if args.compile:
         variants += [(*v, COMPILED) for v in eager]
     benches = {v: Bench(args, v, device) for v in variants}
-    train = interleaved_times(benches, 'train_step', args.repeats, args.warmup)
-    infer = interleaved_times(benches, 'infer', args.repeats, args.warmup)
+    flops = {v: benches[v].flops() for v in eager}  # compiled networks do the same work
+    train = interleaved_times({v: b.train_step for v, b in benches.items()}, args.repeats, args.warmup)
+    infer = interleaved_times({v: b.infer for v, b in benches.items()}, args.repeats, args.warmup)
     del benches
+    peak, peak_source = peak_tflops(args, device)
     memory = {v: peak_memory(args, v, device) for v in eager} if args.memory else {}
 
     mem_kind = 'max_memory_allocated' if device.type == 'cuda' else 'torch.profiler allocations'
     lines = [f'### {device.type.upper()}: {hardware(device)}', '',
              f'Config: x2 pixelshuffle, embed_dim {args.embed_dim}, depths {args.depths}, heads {args.heads}, '
              f'window {args.window}; training batch {args.batch} x {args.train_size}^2 LR, inference 1 x '
-             f'{args.infer_size}^2 LR; {args.repeats} interleaved rounds after {args.warmup} warm-up.', '',
+             f'{args.infer_size}^2 LR; {args.precision}; {args.repeats} interleaved rounds after {args.warmup} '
+             f'warm-up. FLOPs: FlopCounterMode (matmul, conv, attention only); peak for MFU: '
+             f'{f"{peak:g} TFLOP/s" if peak else "-"} ({peak_source}).', '',
              f'| variant | train step (ms, median) | inference (ms, median) | peak memory train / inference (MiB, '
-             f'{mem_kind}) |', '|---|---|---|---|']
+             f'{mem_kind}) | GFLOP train / inference | TFLOP/s train / inference | MFU train / inference |',
+             '|---|---|---|---|---|---|---|']
     for v in variants:
         mem = '/'.join(f'{m / 2**20:.0f}' for m in memory[v][::-1]) if v in memory else 'not measured'
-        lines.append(f'| {name(v)} | {statistics.median(train[v]) * 1e3:.1f} | '
-                     f'{statistics.median(infer[v]) * 1e3:.1f} | {mem} |')
+        train_flops, infer_flops = flops[v[:2]]
+        train_s, infer_s = statistics.median(train[v]), statistics.median(infer[v])
+        (train_rate, train_mfu), (infer_rate, infer_mfu) = (throughput_cells(train_flops, train_s, peak),
+                                                            throughput_cells(infer_flops, infer_s, peak))
+        lines.append(f'| {name(v)} | {train_s * 1e3:.1f} | {infer_s * 1e3:.1f} | {mem} | '
+                     f'{train_flops / 1e9:.3f}/{infer_flops / 1e9:.3f} | {train_rate}/{infer_rate} | '
+                     f'{train_mfu}/{infer_mfu} |')
     lines += ['', '| ratio (median of per-round ratios) | train step | inference |', '|---|---|---|']
     for arch in args.archs:
         lines.append(f'| {arch}: i-LN / LN | {paired_ratio(train, (arch, "iln"), (arch, "ln")):.3f} | '
@@ -290,9 +412,141 @@ def benchmark(args, device):
     return lines
 
 
+def source_photos(folder, size):
+    """The first DATA_PHOTOS photos (uint8, as stored) of ``folder``, or of the quickstart's without one, of
+    at least ``size`` px each way (smaller ones hold no sub-image)."""
+    photos = (load_photo(n) for n in TRAIN_PHOTOS) if folder is None else \
+        (read_image(str(folder / n)) for n in list_images(str(folder)))
+    chosen = list(itertools.islice((p for p in photos if min(p.shape[:2]) >= size), DATA_PHOTOS))
+    if not chosen:
+        sys.exit(f'error: no photo of {folder or "the quickstart"} is at least --sub-size {size} px each way')
+    return chosen
+
+
+def write_sub_images(photos, hr_folder, lr_folder, size):
+    """HR sub-images of ``size`` px every ``size / 2`` px (BasicSR's extract_subimages scheme) and the same
+    regions of the photo's x2 bicubic LR, as PNGs of the same names; returns how many."""
+    hr_folder.mkdir()
+    lr_folder.mkdir()
+    count = 0
+    for photo in photos:
+        hr = mod_crop(photo, SCALE)  # still >= size: size is even
+        lr = bicubic_downsample(hr, SCALE)
+        for top in crop_starts(hr.shape[0], size, size // 2, 0):
+            for left in crop_starts(hr.shape[1], size, size // 2, 0):
+                count += 1
+                write_png(hr[top:top + size, left:left + size], str(hr_folder / f's{count:05d}.png'))
+                lr_top, lr_left, lr_size = top // SCALE, left // SCALE, size // SCALE
+                write_png(lr[lr_top:lr_top + lr_size, lr_left:lr_left + lr_size], str(lr_folder / f's{count:05d}.png'))
+    return count
+
+
+def write_data_sources(args, root):
+    """({source: (GT path, LQ path, io backend)}, what they hold): the sub-images as PNG folders and as LMDBs."""
+    photos = source_photos(args.data_from, args.sub_size)
+    count = write_sub_images(photos, root / 'HR', root / 'LR', args.sub_size)
+    with contextlib.redirect_stdout(sys.stderr):  # make_lmdb_from_imgs prints its progress; stdout is the tables'
+        for folder in ('HR', 'LR'):
+            make_lmdb(str(root / folder), str(root / f'{folder}.lmdb'))
+    origin = args.data_from or 'the quickstart photos (scikit-image)'
+    return ({'png': (root / 'HR', root / 'LR', 'disk'), 'lmdb': (root / 'HR.lmdb', root / 'LR.lmdb', 'lmdb')},
+            f'{count} HR sub-images of {args.sub_size} px (x2 LR {args.sub_size // SCALE} px) from {len(photos)} '
+            f'photos of {origin}')
+
+
+class LoaderFeed:
+    """BasicSR's training loader (PairedImageDataset, build_dataloader) over one source with ``workers``
+    workers. Its sampler's epoch (BasicSR's enlarge ratio) covers ``calls`` timed calls, so no worker
+    restarts inside the rounds, as in a training run between epochs."""
+
+    def __init__(self, args, source, workers, calls):
+        gt, lq, backend = source
+        opt = dict(phase='train', scale=SCALE, gt_size=SCALE * args.train_size, use_hflip=True, use_rot=True,
+                   dataroot_gt=str(gt), dataroot_lq=str(lq), io_backend={'type': backend},
+                   batch_size_per_gpu=args.batch, num_worker_per_gpu=workers)
+        dataset = PairedImageDataset(opt)
+        self.prefetched = 2 * workers  # DataLoader's prefetch_factor (2) batches per worker
+        batches = calls * (self.prefetched + 1 + DATA_ITERS)
+        sampler = EnlargedSampler(dataset, 1, 0, ratio=math.ceil(batches * args.batch / len(dataset)))
+        self.batches = iter(build_dataloader(dataset, opt, num_gpu=1, sampler=sampler, seed=0))
+
+    def _skip_prefetched(self):
+        """Empty the prefetch queue, filled while other calls ran: the timed batches are made while timed."""
+        for _ in range(self.prefetched):
+            next(self.batches)
+
+    def load(self):
+        """Seconds to take DATA_ITERS batches."""
+        self._skip_prefetched()
+        start = time.perf_counter()
+        for _ in range(DATA_ITERS):
+            next(self.batches)
+        return time.perf_counter() - start
+
+    def _next_on(self, device):
+        batch = next(self.batches)
+        return batch['lq'].to(device), batch['gt'].to(device)
+
+    def train(self, bench):
+        """Seconds of DATA_ITERS whole iterations of ``bench``: next batch, to(device), training step."""
+        self._skip_prefetched()
+        bench.net.train()
+        bench.train_on(*self._next_on(bench.device))  # untimed: waits for the first batch after the skip
+        bench.sync()
+        start = time.perf_counter()
+        for _ in range(DATA_ITERS):
+            bench.train_on(*self._next_on(bench.device))
+        bench.sync()
+        return time.perf_counter() - start
+
+
+def compute_steps(bench):
+    """Seconds of DATA_ITERS training steps on fixed tensors: the compute-only reference of the data rows."""
+    return sum(bench.train_step() for _ in range(DATA_ITERS))
+
+
+def data_benchmark(args, device):
+    """Loader-only, full-iteration and compute-only samples/s per (arch, iln), source and worker count."""
+    variants = [(arch, 'iln') for arch in args.data_archs]
+    with tempfile.TemporaryDirectory(prefix='benchmark_speed_data_') as tmp:
+        sources, described = write_data_sources(args, Path(tmp))
+        benches = {v: Bench(args, v, device) for v in variants}
+        flops = {v: benches[v].flops()[0] for v in variants}
+        calls = (args.warmup + args.repeats) * (1 + len(variants))
+        feeds = {(s, w): LoaderFeed(args, source, w, calls) for s, source in sources.items() for w in args.workers}
+        runs = {('compute', v): partial(compute_steps, b) for v, b in benches.items()}
+        runs.update({('load', f): feed.load for f, feed in feeds.items()})
+        runs.update({('full', v, f): partial(feed.train, benches[v]) for v in variants for f, feed in feeds.items()})
+        times = interleaved_times(runs, args.repeats, args.warmup)
+        del feeds, runs  # stops the workers before the folder goes
+
+    peak, _ = peak_tflops(args, device)
+
+    def rate(key):
+        return DATA_ITERS * args.batch / statistics.median(times[key])
+
+    lines = [f'### Data loading + training step, {device.type.upper()}: {hardware(device)}', '',
+             f'Data: {described}, PNG files and LMDB, in the page cache; PairedImageDataset, '
+             f'GT crop {SCALE * args.train_size}, flips and rotations, batch {args.batch}; {args.repeats} '
+             f'interleaved rounds of {DATA_ITERS} iterations per call after {args.warmup} warm-up; '
+             f'network as above, {args.precision}.', '',
+             '| variant | source | workers | loader only (samples/s) | full iteration (samples/s) | '
+             'compute only (samples/s) | full / compute-only | full iteration TFLOP/s | MFU |',
+             '|---|---|---|---|---|---|---|---|---|']
+    for v in variants:
+        for source, workers in itertools.product(sources, args.workers):
+            full = ('full', v, (source, workers))
+            achieved, mfu = throughput_cells(DATA_ITERS * flops[v], statistics.median(times[full]), peak)
+            lines.append(f'| {name(v)} | {source} | {workers} | {rate(("load", (source, workers))):.1f} | '
+                         f'{rate(full):.1f} | {rate(("compute", v)):.1f} | '
+                         f'{paired_ratio(times, ("compute", v), full):.3f} | {achieved} | {mfu} |')
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--archs', nargs='+', default=list(ARCH_TYPES), choices=list(ARCH_TYPES))
+    parser.add_argument('--archs', nargs='+', choices=list(ARCH_TYPES),
+                        help='default: all; the --with-data rows: SwinIR unless given')
     parser.add_argument('--devices', nargs='+', default=['cpu', 'cuda'], choices=['cpu', 'cuda'],
                         help='cuda is skipped when not available')
     parser.add_argument('--batch', type=int, default=2)
@@ -305,6 +559,10 @@ def main(argv=None):
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--threads', type=int, default=1, help='CPU threads (1: least disturbed by other load)')
+    parser.add_argument('--precision', choices=['fp32', 'bf16'], default='fp32',
+                        help='bf16: training steps and inference under bf16 autocast')
+    parser.add_argument('--peak-tflops', type=float, help='peak TFLOP/s for the MFU column (default: datasheet '
+                        'value of a known CUDA GPU at --precision, none on CPU)')
     parser.add_argument('--compile', action='store_true', help='also time every variant under torch.compile '
                         '(inductor, dynamic=False; compile time is spent in the warm-up rounds)')
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory runs')
@@ -313,7 +571,20 @@ def main(argv=None):
     parser.add_argument('--block-shapes', type=token_shape, nargs='+', default=[], metavar='BxLxC',
                         help='also compare one LN / i-LN block half (norm, Linear branch, residual) on these '
                         'token shapes, on CPU, with 10x --repeats rounds')
+    parser.add_argument('--with-data', action='store_true', help='also time whole training iterations with '
+                        "BasicSR's data loader (PNG and LMDB sub-images of real photos)")
+    parser.add_argument('--workers', type=int, nargs='+', default=[0, 2], help='--with-data: loader worker counts')
+    parser.add_argument('--data-from', type=Path, default=SHARED_PHOTOS if SHARED_PHOTOS.is_dir() else None,
+                        help='--with-data: folder of photos (default: ../shared/datasets/train/Sun_Hays80 beside '
+                        'the clone, else the quickstart photos bundled with scikit-image)')
+    parser.add_argument('--sub-size', type=int, default=480, help='--with-data: HR sub-image size (a multiple of '
+                        '4, at least 2x --train-size; 480 as BasicSR cuts DF2K)')
     args = parser.parse_args(argv)
+    if args.with_data and (args.sub_size % (2 * SCALE) or args.sub_size < SCALE * args.train_size):
+        parser.error(f'--sub-size must be a multiple of {2 * SCALE} and at least {SCALE} x --train-size, '
+                     f'got {args.sub_size}')
+    args.data_archs = args.archs or ['SwinIR']
+    args.archs = args.archs or list(ARCH_TYPES)
     torch.set_num_threads(args.threads)
 
     command = 'python scripts/benchmark_speed.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
@@ -326,6 +597,8 @@ def main(argv=None):
         if args.profile:
             profile(args, args.profile, device)
         lines += benchmark(args, device) + ['']
+        if args.with_data:
+            lines += data_benchmark(args, device) + ['']
     if args.block_shapes:
         lines += [f'### Block half on CPU: {hardware(torch.device("cpu"))}', ''] + block_half_benchmark(args) + ['']
     print('\n'.join(lines))

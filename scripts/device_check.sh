@@ -7,7 +7,9 @@
 # 2. the quickstart SwinIR and a HAT-mini i-LN trained 200 iterations each through torchrun + nccl
 #    (world size 1) in fp32, bf16 and fp16, then resumed from their 100-iteration state to 200;
 # 3. benchmark_speed.py on CUDA (LN / i-LN vs BasicSR's SwinIR, eager and compiled, train step and
-#    inference, peak memory) and benchmark_large_image.py on CUDA (one piece, chunked, tiled).
+#    inference, peak memory, TFLOP/s and MFU), then in bf16 with --with-data (SwinIR i-LN fed by BasicSR's
+#    loader from PNG and LMDB sub-images with 0, 4 and 8 workers: can the loader keep the GPU busy?), and
+#    benchmark_large_image.py on CUDA (one piece, chunked, tiled).
 # A failing step is recorded and the next one still runs; the exit code is the number of failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +61,9 @@ step resume_hat_mini_bf16 240 "${TRAIN[@]}" -opt "$HAT_MINI" --force_yml name=de
 step benchmark_speed 420 python scripts/benchmark_speed.py --devices cuda --compile --repeats 20 \
     --embed-dim 180 --depths 6 6 --heads 6 6 --window 16 --batch 8 --train-size 64 --infer-size 256 \
     --out "$OUT/benchmark_speed.md"
+step benchmark_speed_data 180 python scripts/benchmark_speed.py --devices cuda --archs SwinIR --precision bf16 \
+    --with-data --workers 0 4 8 --repeats 5 --warmup 1 --no-memory --embed-dim 180 --depths 6 6 --heads 6 6 \
+    --window 16 --batch 8 --train-size 64 --infer-size 256 --out "$OUT/benchmark_speed_data.md"
 step benchmark_large_image 300 python scripts/benchmark_large_image.py --device cuda --lr-size 1080 1920 \
     --embed-dim 180 --depths 6 --heads 6 --window 16 --out "$OUT/benchmark_large_image.md"
 

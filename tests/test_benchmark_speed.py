@@ -1,34 +1,97 @@
 """The speed benchmark runs end to end and prints every table it promises (no timing is asserted:
-these machines are shared and noisy; the numbers live in docs/benchmarks.md)."""
+these machines are shared and noisy; the numbers live in docs/benchmarks.md), and counts FLOPs as by hand."""
+import math
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import cv2
 import pytest
+import torch
+import torch.nn.functional as F
 
-from helpers import REPO
+from helpers import REPO, real_photos
+
+sys.path.insert(0, str(REPO / 'scripts'))
+from benchmark_speed import counted_flops, known_peak_tflops, peak_tflops, throughput_cells  # noqa: E402
+
+BENCHMARK = [sys.executable, str(REPO / 'scripts' / 'benchmark_speed.py')]
+TINY = ['--devices', 'cpu', '--repeats', '1', '--warmup', '0', '--embed-dim', '16', '--depths', '1', '--heads', '2',
+        '--train-size', '16', '--infer-size', '16']
+
+
+def test_counted_flops_of_linear_conv_and_attention_equal_the_hand_count():
+    linear, conv = torch.nn.Linear(8, 4), torch.nn.Conv2d(3, 2, 3, padding=1)
+    x, image = torch.rand(3, 8), torch.rand(1, 3, 5, 5)
+    assert counted_flops(lambda: linear(x)) == 2 * 3 * 8 * 4  # a multiply-add is 2 FLOPs; the bias is not counted
+    assert counted_flops(lambda: conv(image)) == 2 * (2 * 5 * 5) * (3 * 3 * 3)  # per output value: C_in x k x k
+    # Backward computes the weight gradient only (x needs none): one more product of the same size.
+    assert counted_flops(lambda: linear(x).sum().backward()) == 2 * (2 * 3 * 8 * 4)
+    # CPU attention (its fused kernel has no formula in torch): Q K^T and P V, each 2 B H L S E;
+    # backward 5 more products (recomputed Q K^T, dV, dP, dQ, dK).
+    b, h, length, e = 2, 2, 16, 8
+    q, k, v = (torch.rand(b, h, length, e, requires_grad=True) for _ in range(3))
+    with torch.no_grad():
+        assert counted_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == 2 * (2 * b * h * length**2 * e)
+    assert counted_flops(lambda: F.scaled_dot_product_attention(q, k, v).sum().backward()) == \
+        7 * (2 * b * h * length**2 * e)
+
+
+def test_mfu_is_achieved_over_peak_and_the_peak_comes_from_the_flag_or_the_datasheet_table():
+    assert throughput_cells(2e12, 0.5, 8.0) == ('4.0000', '50.0%')
+    assert throughput_cells(2e12, 0.5, None) == ('4.0000', '-')
+    assert known_peak_tflops('NVIDIA H200', 'bf16') == 989.0
+    assert known_peak_tflops('NVIDIA H100 80GB HBM3', 'fp32') == 67.0
+    assert known_peak_tflops('NVIDIA A100-SXM4-80GB', 'bf16') == 312.0
+    assert known_peak_tflops('NVIDIA H100 PCIe', 'bf16') is None  # lower clocks than the SXM board
+    assert known_peak_tflops('NVIDIA GeForce RTX 4090', 'fp32') is None
+    cpu = torch.device('cpu')
+    assert peak_tflops(SimpleNamespace(peak_tflops=None, precision='fp32'), cpu) == (None, 'unknown')
+    assert peak_tflops(SimpleNamespace(peak_tflops=1.5, precision='fp32'), cpu) == (1.5, '--peak-tflops')
 
 
 @pytest.mark.slow
 def test_benchmark_prints_all_variants_ratios_and_block_halves(tmp_path):
     out = tmp_path / 'bench.md'
     # Threads and the benchmark's global torch settings stay in the child process.
-    result = subprocess.run(
-        [sys.executable, str(REPO / 'scripts' / 'benchmark_speed.py'), '--devices', 'cpu', '--repeats', '1',
-         '--warmup', '0', '--embed-dim', '16', '--depths', '1', '--heads', '2', '--train-size', '16',
-         '--infer-size', '16', '--block-shapes', '1x64x12', '--out', str(out)],
-        capture_output=True, text=True, timeout=600)
+    result = subprocess.run(BENCHMARK + TINY + ['--block-shapes', '1x64x12', '--out', str(out)],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     text = out.read_text()
     for row in ('SwinIR ln', 'SwinIR iln', 'HAT ln', 'HAT iln', 'DRCT ln', 'DRCT iln', 'SwinIR ln (BasicSR)'):
-        assert re.search(rf'^\| {re.escape(row)} \| [\d.]+ \| [\d.]+ \| \d+/\d+ \|$', text, re.M), row
+        # times, memory, GFLOP train/inference, TFLOP/s train/inference, MFU '-' (no peak on CPU)
+        assert re.search(rf'^\| {re.escape(row)} \| [\d.]+ \| [\d.]+ \| \d+/\d+ \|( [\d.]+/[\d.]+ \|){{2}} -/- \|$',
+                         text, re.M), row
     ratios = re.findall(r'^\| (?:\w+: i-LN / LN|SwinIR ln: ours / BasicSR) \| ([\d.]+) \| ([\d.]+) \|$', text, re.M)
     assert len(ratios) == 4 and all(float(v) > 0 for pair in ratios for v in pair)
     assert re.search(r'^\| \(1, 64, 12\) \|( [\d.]+ \|){6}$', text, re.M)
 
 
 @pytest.mark.slow
+def test_with_data_reports_loader_full_iteration_and_compute_rates_per_source_and_worker_count(tmp_path):
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    for i, photo in enumerate(real_photos()[:2]):
+        cv2.imwrite(str(photos / f'photo{i}.png'), photo[:64, :64])
+    out = tmp_path / 'bench.md'
+    result = subprocess.run(BENCHMARK + TINY + ['--archs', 'SwinIR', '--no-memory', '--with-data', '--workers', '0', '1',
+                                                '--data-from', str(photos), '--sub-size', '32', '--peak-tflops', '1',
+                                                '--out', str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = out.read_text()
+    assert '18 HR sub-images of 32 px (x2 LR 16 px) from 2 photos' in text  # 3 x 3 per 64-px photo, step 16
+    for source in ('png', 'lmdb'):
+        for workers in (0, 1):
+            row = re.search(rf'^\| SwinIR iln \| {source} \| {workers} \|((?: [^|]+ \|){{6}})$', text, re.M)
+            assert row, (source, workers)
+            *rates, mfu = [cell.strip() for cell in row.group(1).split('|')[:-1]]
+            assert all(math.isfinite(float(v)) and float(v) > 0 for v in rates), row.group(0)
+            assert mfu.endswith('%') and float(mfu[:-1]) > 0, row.group(0)
+
+
+@pytest.mark.slow
 def test_bad_block_shape_is_named():
-    result = subprocess.run([sys.executable, str(REPO / 'scripts' / 'benchmark_speed.py'), '--block-shapes', '2x3'],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(BENCHMARK + ['--block-shapes', '2x3'], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "got '2x3'" in result.stderr
