@@ -162,9 +162,10 @@ def console_and_file(tmp_path):
 def test_log_network_keeps_the_dump_off_the_console(console_and_file):
     console, log_file = console_and_file
     net = torch.nn.Sequential(torch.nn.Linear(2, 3))
-    log_network(net)
+    log_network(net, net)
+    log_network(torch.nn.DataParallel(net), net)
     shown, written = console.getvalue(), log_file.read_text()
-    assert 'Network: Sequential, with parameters: 9' in shown
+    assert 'Network: Sequential, with parameters: 9' in shown and 'Network: DataParallel - Sequential' in shown
     assert 'Linear(in_features=2' in written and 'Linear(in_features=2' not in shown
 
 

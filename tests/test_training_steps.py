@@ -68,9 +68,11 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.get_bare_model(model.net_g).named_parameters()}
 
 
-def assert_relatively_close(actual, expected, rel=1e-5):
+def assert_relatively_close(actual, expected, rel=1e-4):
     """Every tensor within ``rel`` of the expected one, relative to its norm: float32 sums of the ~1e4 per-pixel
-    L1 terms, added in another order, differ by a few 1e-6."""
+    L1 terms, added in another order (other thread counts, DDP's bucketed all-reduce), differ by a few 1e-6,
+    and up to ~2e-5 for sums that mostly cancel (the output conv's bias: L1 terms of both signs). A wrong
+    gradient is off by far more."""
     assert actual.keys() == expected.keys()
     for name, value in expected.items():
         if value.is_floating_point():
@@ -169,14 +171,34 @@ def test_bad_grad_clip_norm_is_a_config_error(value, must):
 
 
 
-def test_nonfinite_check_is_one_reduction_and_names_the_parameter(tiny_sr_data, tmp_path, monkeypatch, warnings):
+def host_reads(monkeypatch, model):
+    """Sizes of the tensors read back to the host (item, tolist, float, bool) outside the optimizer's step
+    (torch's Adam reads its CPU step counters, which are no device sync)."""
+    reads, counting = [], [True]
+    for method in ('item', 'tolist', '__float__', '__bool__'):
+        original = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method, lambda t, *a, _f=original: (
+            counting[0] and reads.append(t.numel())) or _f(t, *a))
+    optimizer_step = model.optimizer_g.step
+
+    def step_uncounted(*args, **kwargs):
+        counting[0] = False
+        try:
+            return optimizer_step(*args, **kwargs)
+        finally:
+            counting[0] = True
+
+    monkeypatch.setattr(model.optimizer_g, 'step', step_uncounted)
+    return reads
+
+
+def test_a_step_reads_the_device_once_and_names_a_nonfinite_parameter(tiny_sr_data, tmp_path, monkeypatch, warnings):
     model = build(tmp_path, tiny_sr_data, 'checks', batch=2, global_batch_size=4)
-    calls = []
-    isfinite = torch.isfinite
-    monkeypatch.setattr(torch, 'isfinite', lambda x: calls.append(x.numel()) or isfinite(x))
+    reads = host_reads(monkeypatch, model)
     first, second = batches(2)
     step(model, first, 2, 1)
-    assert calls == [1]  # the loss only: the gradients' check is the total norm, not one call per parameter
+    assert reads == [2]  # one copy of the loss and the total gradient norm: the checks and the log's values
+    assert set(model.log_dict) == {'l_pix', 'grad_norm'} and all(type(v) is float for v in model.log_dict.values())
 
     bare = model.get_bare_model(model.net_g)
     bare.layers[0].residual_group.blocks[1].mlp.fc2.weight.register_hook(lambda grad: grad * float('nan'))
@@ -325,4 +347,4 @@ def test_ddp_accumulation_all_reduces_once_per_step_and_equals_the_global_batch(
     single = build(tmp_path, tiny_sr_data, 'single', batch=NPROC * 2 * PER_PROCESS)
     step(single, batches(1, size=NPROC * 2 * PER_PROCESS)[0], 1, 1)
     for rank in ddp_accumulation.ranks:
-        assert_relatively_close(rank['grads'], grads(single), rel=1e-5)
+        assert_relatively_close(rank['grads'], grads(single))

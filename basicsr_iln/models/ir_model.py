@@ -50,8 +50,8 @@ from tqdm import tqdm
 from basicsr_iln.analysis.precision import FLOAT_DTYPES, PrecisionNetwork
 from basicsr_iln.archs.norms import BatchNorm
 from basicsr_iln.utils.batching import micro_batches_per_step
-from basicsr_iln.utils.console import log_network
 from basicsr_iln.utils.checkpoint import atomic_torch_save, load_weights, prune_checkpoints
+from basicsr_iln.utils.console import log_network
 from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 from basicsr_iln.utils.inference import restore
@@ -135,7 +135,7 @@ class IRModel(SRModel):
 
     def print_network(self, net):
         """The class and size on the console; BasicSR's dump of every layer in the log file only."""
-        log_network(self.get_bare_model(net))
+        log_network(net, self.get_bare_model(net))
 
     def __init_subclass__(cls, **kwargs):
         """``validation`` does the work of BasicSR's (non)dist_validation, which it never calls: a subclass
@@ -202,11 +202,12 @@ class IRModel(SRModel):
                                f'of {self.micro_batches} micro-batches needs {self.micro_batches - 1}')
         self._backward_micro_batch()
         self.accumulated = 0
-        losses = self.step_losses
         self.grad_scaler.unscale_(self.optimizer_g)
         grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
-        grad_norm = float(total_norm(grads))  # the one host sync of the check
-        bad = self._nonfinite(losses, grad_norm)
+        losses, grad_norm = self._step_values(grads)
+        bad = [name for name, value in losses.items() if not math.isfinite(value)]
+        if not bad and not math.isfinite(grad_norm):
+            bad = ['gradients']
         if bad == ['gradients'] and self.grad_scaler.is_enabled():
             # fp16 overflow of the scaled gradients is routine: the scaler skips the step and backs off.
             self.grad_scaler.step(self.optimizer_g)
@@ -221,25 +222,21 @@ class IRModel(SRModel):
             self.grad_scaler.update()
             if self.ema_decay > 0:
                 self.model_ema(decay=self.ema_decay)
-        self.log_dict = self.reduce_loss_dict(losses)
+        self.log_dict = OrderedDict(losses)
         self.log_dict['grad_norm'] = grad_norm  # before clipping; under DDP, of the all-reduced gradients
 
-    def _nonfinite(self, losses, grad_norm):
-        """Names of the non-finite losses, else ['gradients'] if ``grad_norm`` (the total gradient norm)
-        is non-finite, else [].
-
-        Under DDP this is the worst case over all ranks, so that every rank skips, rescales (fp16) and
-        counts the streak alike: otherwise ranks would diverge, or one would stop while the others wait.
-        """
-        bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
-        level = 2 if bad else int(not math.isfinite(grad_norm))
+    def _step_values(self, grads):
+        """({loss name: value}, total gradient norm) of the step as Python floats, from one device-to-host
+        copy: the only sync of the step's checks and logging (BasicSR's ``reduce_loss_dict`` syncs once per
+        loss). Under DDP the losses are averaged over the ranks by one all-reduce, so every rank sees the
+        same values and skips, rescales (fp16) and counts the non-finite streak alike (a non-finite loss on
+        any rank makes the average non-finite); the gradients are already all-reduced."""
+        losses = torch.stack([value.float().mean() for value in self.step_losses.values()])
         if self.opt['dist']:
-            worst = torch.tensor(level, device=self.device)
-            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
-            level = int(worst)
-        if level == 2:
-            return bad or ['a loss on another rank']
-        return ['gradients'] if level == 1 else []
+            dist.all_reduce(losses)
+            losses /= self.opt['world_size']
+        *loss_values, grad_norm = torch.cat([losses, total_norm(grads).reshape(1).to(losses)]).tolist()
+        return OrderedDict(zip(self.step_losses, loss_values)), grad_norm
 
     def _first_nonfinite_gradient(self):
         """Name of the first parameter whose gradient is non-finite (searched only once a step is skipped)."""

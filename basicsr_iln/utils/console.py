@@ -27,12 +27,14 @@ def quiet_console(logger):
 
 
 @master_only
-def log_network(net):
-    """BaseModel.print_network for a bare network (no DDP / compile wrapper), with the dump of its layers in
-    the log file only: the class and parameter count stay on the console."""
+def log_network(net, bare):
+    """BaseModel.print_network with the dump of the layers of ``bare`` (``net`` without its DDP / compile
+    wrappers) in the log file only: the classes and the parameter count stay on the console."""
+    wrapper = f'{type(net).__name__} - ' if bare is not net else ''
     logger = get_root_logger()
-    logger.info(f'Network: {type(net).__name__}, with parameters: {sum(p.numel() for p in net.parameters()):,d}')
-    logger.info(str(net), extra=FILE_ONLY)
+    logger.info(f'Network: {wrapper}{type(bare).__name__}, with parameters: '
+                f'{sum(p.numel() for p in bare.parameters()):,d}')
+    logger.info(str(bare), extra=FILE_ONLY)
 
 
 class ProgressLogger(MessageLogger):
