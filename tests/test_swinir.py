@@ -8,8 +8,11 @@ import torch.nn.functional as F
 import basicsr_iln  # noqa: F401
 from basicsr.archs.swinir_arch import SwinIR
 from basicsr.utils.registry import ARCH_REGISTRY
+from timm.layers import Mlp
+
 from basicsr_iln.archs.norms import NORM_TYPES
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
+from basicsr_iln.archs.transformer_core import TransformerBlock
 from helpers import reference_layouts
 
 SWINIR_ENTRIES = [
@@ -121,3 +124,19 @@ def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SwinIR_iLN(**dict(TINY, upscale=1, upsampler='', **kwargs) if 'upsampler' not in kwargs and
                    'upscale' not in kwargs else dict(TINY, **kwargs))
+
+
+def test_block_attention_and_mlp_are_factories():
+    """A variant swaps a block's layer by passing its factory; the default layout is unchanged."""
+    seen = []
+
+    class RecordingMlp(Mlp):
+
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return super().forward(x)
+
+    block = TransformerBlock(16, (8, 8), 2, window_size=4, mlp_layer=RecordingMlp)
+    assert set(block.state_dict()) == set(TransformerBlock(16, (8, 8), 2, window_size=4).state_dict())
+    block(torch.randn(1, 64, 16), (8, 8))
+    assert seen == [(1, 64, 16)]

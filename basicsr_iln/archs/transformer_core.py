@@ -166,6 +166,10 @@ class TransformerBlock(nn.Module):
     ``conv_block`` (HAT's hybrid attention block) the first branch is
     ``attn(n1(x)) + conv_scale * conv_block(n1(x))``, so i-LN rescales the conv branch too.
 
+    Its layers are factories, as in timm: ``attn_layer(dim, window_size, num_heads, qkv_bias, qk_scale,
+    attn_drop, proj_drop, register_index=...)`` (``WindowAttention``) and ``mlp_layer(in_features=,
+    hidden_features=, act_layer=, drop=)`` (timm's ``Mlp``); a variant swaps one without touching the block.
+
     ``register_buffers``: keep the relative-position index and, for shifted blocks, the shift mask
     for ``input_resolution`` as buffers (SwinIR, DRCT layouts); HAT passes both in. The mask buffer
     is only there for the released checkpoints' keys: forward uses the mask for the actual size (the
@@ -174,7 +178,8 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim, input_resolution, num_heads, window_size=7, shift_size=0, mlp_ratio=4., qkv_bias=True,
                  qk_scale=None, drop=0., attn_drop=0., drop_path=0., act_layer=nn.GELU, norm_type='ln', norm_eps=None,
-                 conv_block=None, conv_scale=0.0, register_buffers=True):
+                 conv_block=None, conv_scale=0.0, register_buffers=True, attn_layer=WindowAttention,
+                 mlp_layer=Mlp):
         super().__init__()
         self.dim = dim
         self.input_resolution = tuple(input_resolution)
@@ -192,13 +197,13 @@ class TransformerBlock(nn.Module):
                              f'{self.window_size}')
 
         self.norm1 = build_branch_norm(norm_type, dim, norm_eps)
-        self.attn = WindowAttention(dim, self.window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
-                                    register_index=register_buffers)
+        self.attn = attn_layer(dim, self.window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
+                               register_index=register_buffers)
         self.conv_block = conv_block
         self.conv_scale = conv_scale
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = build_branch_norm(norm_type, dim, norm_eps)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
         if register_buffers and self.shift_size > 0:
             self.register_buffer('attn_mask', shifted_window_mask(self.input_resolution, self.window_size,
                                                                   self.shift_size))
