@@ -1,10 +1,21 @@
-"""Session fixtures built from real images (see helpers.py)."""
+"""Session fixtures built from real images (see helpers.py), and torch threads under pytest-xdist."""
 import logging
+import os
 
 import pytest
 import torch
 
 from helpers import real_photos, write_sr_pairs
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n N``) each worker gets cores // N torch threads, and so do the CLIs it starts
+    (``OMP_NUM_THREADS``): N workers with all cores each would fight over them."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', 0))
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ['OMP_NUM_THREADS'] = threads
+        torch.set_num_threads(int(threads))
 
 
 @pytest.fixture(scope='session')
