@@ -81,6 +81,7 @@ from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 
 from basicsr_iln.archs.norms import build_branch_norm, residual_add  # noqa: E402
+from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from make_quickstart_dataset import TRAIN_PHOTOS, load_photo  # noqa: E402
 from prepare_sr import bicubic_downsample, crop_starts, list_images, make_lmdb, read_image, write_png  # noqa: E402
 
@@ -419,7 +420,7 @@ def source_photos(folder, size):
         (read_image(str(folder / n)) for n in list_images(str(folder)))
     chosen = list(itertools.islice((p for p in photos if min(p.shape[:2]) >= size), DATA_PHOTOS))
     if not chosen:
-        sys.exit(f'error: no photo of {folder or "the quickstart"} is at least --sub-size {size} px each way')
+        raise ConfigError(f'no photo of {folder or "the quickstart"} is at least --sub-size {size} px each way')
     return chosen
 
 
@@ -607,4 +608,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -23,6 +23,8 @@ import skimage.data
 sys.path.insert(0, osp.join(osp.dirname(osp.abspath(__file__)), 'data_preparation'))
 from prepare_sr import bicubic_downsample, crop_starts  # noqa: E402  (imports basicsr_iln before basicsr)
 
+from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
+
 # RGB photos in skimage/data (no pooch fetch needed); hubble_deep_field and retina are left out
 # because their tiles are mostly black, colorwheel because it is synthetic.
 TRAIN_PHOTOS = ('astronaut', 'coffee', 'rocket', 'stereo_motorcycle', 'immunohistochemistry')
@@ -99,8 +101,8 @@ def main(argv=None):
     try:
         build(args.out, args.scale)
     except ValueError as err:
-        sys.exit(f'error: {err}')
+        raise ConfigError(str(err)) from None
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

@@ -82,7 +82,7 @@ def test_explicit_training_attention_matches_fused_attention(with_mask):
     for attention in (lambda *a: _explicit_biased_attention(*a, 0.0, None), fused_attention):
         leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
         out = attention(*leaves, mask)
-        out.backward(torch.randn_like(out, generator=torch.Generator().manual_seed(1)))
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))  # randn_like: no generator before torch 2.6
         results.append([out] + [t.grad for t in leaves])
     for ours, ref in zip(*results):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)

@@ -1,6 +1,7 @@
 """prepare_sr.py (modcrop, bicubic, sub-images, lmdb) and download_datasets.py's pure functions."""
 import hashlib
 import io
+import subprocess
 import sys
 import tarfile
 import zipfile
@@ -14,6 +15,8 @@ import skimage.data
 from basicsr.data.data_util import paths_from_lmdb
 from basicsr.utils import FileClient, imfrombytes
 from basicsr.utils.matlab_functions import imresize
+
+from basicsr_iln.utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SET5 = REPO.parent / 'shared' / 'datasets' / 'sr' / 'Set5'
@@ -148,8 +151,21 @@ def test_bad_inputs_and_output_protection(photos, tmp_path, capsys):
     with pytest.raises(ValueError, match='astronaut.png'):
         prepare_sr.bicubic([str(photos), str(twin)], str(tmp_path / 'o5'))
 
-    with pytest.raises(SystemExit, match=str(missing)):  # the CLI reports the same message
+    with pytest.raises(ConfigError, match=str(missing)):  # the CLI reports the same message (run_cli: exit 2)
         prepare_sr.main(['modcrop', '--input', str(missing), '--output', str(tmp_path / 'o6'), '--scale', '2'])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('script,args', [
+    ('prepare_sr.py', ['modcrop', '--input', 'no_such_folder', '--output', 'out', '--scale', '2']),
+    ('download_datasets.py', ['DIV8K']),
+])
+def test_data_scripts_report_a_user_error_as_one_line_and_exit_2_like_the_clis(script, args, tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / 'scripts' / 'data_preparation' / script), *args],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in result.stderr
 
 
 def test_download_table_is_complete():

@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
+from basicsr_iln.utils.errors import ConfigError
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'scripts'))
 import make_quickstart_dataset as quickstart  # noqa: E402
@@ -54,6 +56,6 @@ def test_other_scale_shares_hr_and_bad_scale_is_rejected(tmp_path, capsys):
     folders = quickstart.build(str(out), 4)
     assert len(folders['train/LR_x4']) == 54
     assert cv2.imread(folders['val/LR_x4'][0]).shape == (60, 60, 3)
-    with pytest.raises(SystemExit, match='--scale'):
+    with pytest.raises(ConfigError, match='--scale'):
         quickstart.main(['--out', str(out), '--scale', '5'])
     assert not (out / 'train' / 'LR_x5').exists()

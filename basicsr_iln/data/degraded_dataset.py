@@ -30,7 +30,7 @@ from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, bgr2ycbcr, imfrombytes, img2tensor, scandir
 from basicsr.utils.registry import DATASET_REGISTRY
 
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+from basicsr_iln.utils.checks import IMAGE_SUFFIXES
 
 
 def noise_seed(path, sigma):
@@ -165,9 +165,9 @@ class _CleanImageDataset(data.Dataset):
             if missing:
                 raise FileNotFoundError(f'{len(missing)} image(s) listed in {meta} are missing, e.g. {missing[0]}')
         else:
-            paths = sorted(p for p in scandir(folder, full_path=True) if osp.splitext(p)[1].lower() in IMG_EXTENSIONS)
+            paths = sorted(p for p in scandir(folder, full_path=True) if osp.splitext(p)[1].lower() in IMAGE_SUFFIXES)
         if not paths:
-            raise ValueError(f'no images ({", ".join(IMG_EXTENSIONS)}) found in dataroot_gt {folder}')
+            raise ValueError(f'no images ({", ".join(IMAGE_SUFFIXES)}) found in dataroot_gt {folder}')
         return paths
 
     def _read(self, path):

@@ -22,7 +22,7 @@ import cv2
 import torch
 
 from basicsr_iln.data.bicubic import bicubic_downsample
-from basicsr_iln.data.degraded_dataset import IMG_EXTENSIONS
+from basicsr_iln.utils.checks import IMAGE_SUFFIXES
 
 from .errors import ConfigError
 from .network_config import arch_class, constructor_defaults
@@ -173,7 +173,7 @@ def _images(folder):
     """Sorted paths of the images directly in ``folder`` ([] when it does not exist)."""
     if not osp.isdir(folder):
         return []
-    return [osp.join(folder, n) for n in sorted(os.listdir(folder)) if n.lower().endswith(IMG_EXTENSIONS)]
+    return [osp.join(folder, n) for n in sorted(os.listdir(folder)) if n.lower().endswith(IMAGE_SUFFIXES)]
 
 
 def _centre_crop(img, side):

@@ -180,7 +180,7 @@ def main(argv=None):
     try:
         keys = resolve(args.names)
     except ValueError as err:
-        sys.exit(f'error: {err}')
+        fail(str(err))
     os.makedirs(args.root, exist_ok=True)
     for key in keys:
         source = SOURCES[key]
@@ -193,8 +193,8 @@ def main(argv=None):
             except ValueError as err:
                 if not source.page:
                     raise
-                sys.exit(f'error: {err}: the host sent something else (a web page?); download the file from '
-                         f'{source.page}, save it as {archive} (replacing this one) and run again')
+                fail(f'{err}: the host sent something else (a web page?); download the file from {source.page}, '
+                     f'save it as {archive} (replacing this one) and run again')
             if not args.keep_archives:
                 os.remove(archive)
         for what, folders in (('HR images', source.hr_dirs), ('input/ and target/ pairs', source.pair_dirs)):
@@ -202,6 +202,13 @@ def main(argv=None):
                 path = osp.join(args.root, rel)
                 found = '' if osp.isdir(path) else '  (NOT FOUND: check the archive layout)'
                 print(f'{name}: {what} in {path}{found}')
+
+
+def fail(message):
+    """One ``error:`` line and exit status 2, as the package's CLIs (``run_cli``), without importing the
+    package: this script needs no torch."""
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

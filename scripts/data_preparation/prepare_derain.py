@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # works from a bare clone too
 from basicsr_iln.utils.checks import IMAGE_SUFFIXES, checked_image_size  # noqa: E402
-from basicsr_iln.utils.errors import ConfigError  # noqa: E402
+from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 
 PAIR_FOLDERS = ('input', 'target')
 
@@ -113,13 +113,13 @@ def main(argv=None):
     if problems:
         for line in problems:
             print(f'error: {line}', file=sys.stderr)
-        sys.exit(f'error: {len(problems)} problem(s) in {len(args.sets)} set(s); nothing linked')
+        raise ConfigError(f'{len(problems)} problem(s) in {len(args.sets)} set(s); nothing linked')
     if args.output:
         try:
             link_sets(args.sets, args.output, args.overwrite)
         except (FileExistsError, ValueError) as err:
-            sys.exit(f'error: {err}')
+            raise ConfigError(str(err)) from None
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)

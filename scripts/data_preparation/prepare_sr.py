@@ -24,8 +24,9 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # works from a bare clone too
-from basicsr_iln.data.degraded_dataset import IMG_EXTENSIONS  # noqa: E402  (installs the torchvision alias)
-from basicsr_iln.data.bicubic import bicubic_downsample  # noqa: E402
+from basicsr_iln.data.bicubic import bicubic_downsample  # noqa: E402  (installs the torchvision alias)
+from basicsr_iln.utils.checks import IMAGE_SUFFIXES  # noqa: E402
+from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr.data.transforms import mod_crop
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
@@ -35,9 +36,9 @@ def list_images(folder):
     if not osp.isdir(folder):
         raise FileNotFoundError(f'input folder does not exist: {folder}')
     names = sorted(n for n in os.listdir(folder)
-                   if osp.splitext(n)[1].lower() in IMG_EXTENSIONS and osp.isfile(osp.join(folder, n)))
+                   if osp.splitext(n)[1].lower() in IMAGE_SUFFIXES and osp.isfile(osp.join(folder, n)))
     if not names:
-        raise ValueError(f'no images ({", ".join(IMG_EXTENSIONS)}) in input folder {folder}')
+        raise ValueError(f'no images ({", ".join(IMAGE_SUFFIXES)}) in input folder {folder}')
     return names
 
 
@@ -257,8 +258,8 @@ def main(argv=None):
         else:
             make_lmdb(args.input, args.output, args.overwrite, args.workers, args.compress_level)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
-        sys.exit(f'error: {err}')
+        raise ConfigError(str(err)) from None
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main)
