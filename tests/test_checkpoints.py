@@ -2,6 +2,7 @@
 network config our checkpoints carry (rebuild from the file alone, refuse a load into a network built
 otherwise), and a save -> load round trip through the real CLIs for HAT_iLN and DRCT_iLN."""
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,6 +87,15 @@ def test_non_weight_files_are_refused(tmp_path):
     (tmp_path / 'truncated.pth').write_bytes(b'PK\x03\x04 not really a zip')
     with pytest.raises(ConfigError, match='cannot read checkpoint'):
         load_weights(build(TINY_HAT), str(tmp_path / 'truncated.pth'))
+
+
+@pytest.mark.parametrize('content', [b'', b'hello world\n' * 10, bytes(range(256)) * 16],
+                         ids=['empty', 'text', 'binary'])
+def test_a_file_that_is_no_checkpoint_is_one_clear_error(tmp_path, content):
+    path = tmp_path / 'junk.pth'
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=rf'^cannot read checkpoint {re.escape(str(path))}: \S'):
+        load_checkpoint_file(str(path))
 
 
 @pytest.mark.slow

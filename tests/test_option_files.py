@@ -9,11 +9,9 @@ import json
 import re
 import subprocess
 from pathlib import Path
-from unittest import mock
 
 import basicsr_iln  # noqa: F401  (before basicsr)
 import pytest
-import timm.layers.weight_init
 import torch
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
@@ -53,9 +51,8 @@ RELEASED = {rel: opt for rel, opt in OPTS.items() if rel.startswith('options/tes
 def _build(network_json):
     kwargs = json.loads(network_json)
     cls = ARCH_REGISTRY.get(kwargs.pop('type'))
-    # timm's truncated-normal init is slow on the meta device (~1 s per network) and irrelevant to the
-    # layout; the many files that share a network (train/test pairs, noise and JPEG levels) build it once.
-    with torch.device('meta'), mock.patch.object(timm.layers.weight_init, '_trunc_normal_', lambda t, *a, **k: t):
+    # The many files that share a network (train/test pairs, noise and JPEG levels) build it once.
+    with torch.device('meta'):
         net = cls(**kwargs)
     return {k: list(v.shape) for k, v in net.state_dict().items()}, sum(p.numel() for p in net.parameters())
 

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from basicsr.archs.swinir_arch import window_partition
 from basicsr.utils.registry import ARCH_REGISTRY
-from timm.layers import Mlp, trunc_normal_
+from timm.layers import Mlp
 from torch import nn
 
 from .chunking import attend_in_chunks, tokenwise_in_chunks
 from .norms import build_branch_norm, residual_add
 from .transformer_core import (NO_STAGE_INPUTS, BlockSequence, ResidualGroup, RestorationTransformer, StageInputs,
-                               biased_attention, relative_position_index, run_layer, shifted_window_blocks,
-                               shifted_window_mask, stage_plan, window_reverse)
+                               biased_attention, init_truncated_normal, relative_position_index, run_layer,
+                               shifted_window_blocks, shifted_window_mask, stage_plan, window_reverse)
 
 
 def _grid_coords(size):
@@ -108,7 +108,7 @@ class OCAB(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((window_size + self.overlap_win_size - 1)**2, num_heads))
-        trunc_normal_(self.relative_position_bias_table, std=.02)
+        init_truncated_normal(self.relative_position_bias_table)
         self.proj = nn.Linear(dim, dim)
         self.norm2 = build_branch_norm(norm_type, dim, norm_eps)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)

@@ -52,6 +52,14 @@ def run_layer(layer, x, x_size, stage, use_checkpoint):
     return layer(x, x_size, stage)
 
 
+def init_truncated_normal(tensor, std=.02):
+    """timm's truncated-normal init, skipped for meta tensors (a network built on the meta device only to
+    check its arguments or read its layout has nothing to fill, and there torch runs clamp_ as a Python
+    decomposition: the init would cost more than the real one)."""
+    if not tensor.is_meta:
+        trunc_normal_(tensor, std=std)
+
+
 def relative_position_index(window_size):
     """(N, N) index into a (2*ws-1)^2 bias table for every query/key pair of a square window."""
     coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing='ij'))
@@ -143,7 +151,7 @@ class WindowAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        trunc_normal_(self.relative_position_bias_table, std=.02)
+        init_truncated_normal(self.relative_position_bias_table)
 
     def relative_position_bias(self, rpi, n_query, n_key):
         return self.relative_position_bias_table[rpi.view(-1)].view(n_query, n_key, -1).permute(2, 0, 1)
@@ -345,7 +353,7 @@ class RestorationTransformer(nn.Module):
         self.ape = ape
         if ape:
             self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
-            trunc_normal_(self.absolute_pos_embed, std=.02)
+            init_truncated_normal(self.absolute_pos_embed)
         self.pos_drop = nn.Dropout(p=drop_rate)
         self.norm = build_stem_norm(norm_type, embed_dim, eps)
         self.conv_after_body = build_resi_conv(embed_dim, resi_connection)
@@ -373,7 +381,7 @@ class RestorationTransformer(nn.Module):
     @staticmethod
     def _init_weights(m):
         if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
+            init_truncated_normal(m.weight)
             if m.bias is not None:
                 nn.init.constant_(m.bias, 0)
 

@@ -34,12 +34,22 @@ def load_checkpoint_file(path):
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
         # torch's first line suggests weights_only=False; the line naming the blocked global is the useful one.
-        lines = [line for line in str(err).splitlines() if 'GLOBAL' in line] or str(err).splitlines()[:1]
-        raise ConfigError(f'refusing to load {path}: it is not a plain weights file and would need to run '
-                          f'pickled code ({lines[0].strip()}); only load it unsafely if you trust its source, '
-                          'and re-save its state dict') from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ConfigError(f'cannot read checkpoint {path}: {str(err).splitlines()[0]}') from None
+        blocked = [line.strip() for line in str(err).splitlines() if 'GLOBAL' in line]
+        if blocked:
+            raise ConfigError(f'refusing to load {path}: it is not a plain weights file and would need to run '
+                              f'pickled code ({blocked[0]}); only load it unsafely if you trust its source, '
+                              'and re-save its state dict') from None
+        raise ConfigError(f'cannot read checkpoint {path}: not a PyTorch checkpoint ({_reason(err)})') from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as err:  # truncated, empty or foreign files
+        raise ConfigError(f'cannot read checkpoint {path}: {_reason(err)}') from None
+
+
+def _reason(err):
+    """The telling line of a load error: torch's unpickler puts it after its advice (``Unsupported operand``);
+    some errors have no message at all (an empty file's EOFError)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    telling = [line for line in lines if line.startswith(('Unsupported', 'Invalid', 'invalid'))]
+    return (telling or lines or [type(err).__name__ + ', the file ends early or is not a checkpoint'])[0]
 
 
 def load_safetensors(path):
