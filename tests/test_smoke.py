@@ -76,6 +76,8 @@ def test_every_training_file_becomes_a_valid_small_run(rel, smoke_workdir, monke
                 lr = cv2.imread(str(Path(dataset['dataroot_lq']) / hr.name))
                 assert lr.shape[0] * scale == cv2.imread(str(hr)).shape[0] >= gt_size
     ARCH_REGISTRY.get(net['type'])(**{k: v for k, v in net.items() if k != 'type'})  # a valid (small) network
+    if ARCH_REGISTRY.get(net['type']).family != 'HAT':  # only HAT's channel attention needs capped ratios
+        assert not any(line.startswith(('network_g.compress_ratio', 'network_g.squeeze_factor')) for line in changes)
 
 
 def test_deraining_without_local_pairs_names_the_folders(smoke_workdir, monkeypatch, capsys):

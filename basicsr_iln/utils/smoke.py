@@ -37,7 +37,9 @@ WINDOWS_PER_CROP = 2  # LQ crops span 2 x 2 windows: shifted windows and their m
 # Small network of the same family; a key is set only when the architecture takes it (gc: DRCT).
 NETWORK = {'embed_dim': 24, 'depths': [2, 2], 'num_heads': [2, 2], 'gc': 8}
 # HAT's channel attention has embed_dim // ratio channels: a ratio above the smaller width is capped to it.
+# (DRCT accepts the same keys for option-file compatibility but has no such branch: left as they are.)
 CHANNEL_RATIOS = ('compress_ratio', 'squeeze_factor')
+CHANNEL_ATTENTION_FAMILIES = ('HAT', )
 
 SHARED_DATASETS = osp.join('..', 'shared', 'datasets')
 SHARED_TRAIN_SET = 'train/Sun_Hays80'
@@ -86,9 +88,10 @@ def smoke_options(opt, opt_path):
     if MOD_CROP % scale:
         raise ConfigError(f'--smoke: scale must divide {MOD_CROP} (1, 2, 3, 4, 6 or 12), got {scale} in {opt_path}')
     network = opt.get('network_g') or {}
-    defaults = constructor_defaults(arch_class(network.get('type')))
+    arch = arch_class(network.get('type'))
+    defaults = constructor_defaults(arch)
     lq_crop = WINDOWS_PER_CROP * network.get('window_size', defaults['window_size'])
-    for key, value in _small_network(network, defaults, lq_crop).items():
+    for key, value in _small_network(network, defaults, lq_crop, getattr(arch, 'family', None)).items():
         put(f'network_g.{key}', value)
 
     gt_size = scale * lq_crop
@@ -115,14 +118,15 @@ def _text(value):
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _small_network(network, defaults, lq_crop):
-    """The network_g values of the small network: NETWORK, img_size = the LQ crop, capped channel ratios
-    (``defaults``: the architecture's constructor defaults, which also say which keys it takes)."""
+def _small_network(network, defaults, lq_crop, family):
+    """The network_g values of the small network: NETWORK, img_size = the LQ crop, and for a family with
+    channel attention the capped channel ratios (``defaults``: the architecture's constructor defaults,
+    which also say which keys it takes)."""
     small = {key: value for key, value in NETWORK.items() if key in defaults}
     small['img_size'] = lq_crop
     width = small['embed_dim']
-    for key in CHANNEL_RATIOS:
-        if key in defaults and network.get(key, defaults[key]) > width:
+    for key in CHANNEL_RATIOS if family in CHANNEL_ATTENTION_FAMILIES else ():
+        if network.get(key, defaults[key]) > width:
             small[key] = width
     return small
 
