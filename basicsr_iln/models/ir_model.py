@@ -13,7 +13,8 @@ What it changes, and why:
 * option ``compile`` (true, or torch.compile arguments) compiles the trained network; checkpoints,
   EMA and evaluation use the original module, so saved keys and test-time shapes are unaffected;
 * ``val.self_ensemble: true`` averages the outputs for the 8 flips/rotations at test time;
-* a non-finite loss or gradient is detected (one total-norm reduction per step), logged with the
+* a non-finite loss or gradient is detected (one total-norm reduction, read back with the losses in
+  the step's one device-to-host copy), logged with the
   iteration and the loss name (or the first parameter with a non-finite gradient), and the step
   skipped; ``train.nonfinite_patience`` consecutive cases stop training with a clear error,
   so no checkpoint with NaN weights is ever written;
@@ -21,8 +22,9 @@ What it changes, and why:
   ``train.global_batch_size`` accumulates several micro-batches per optimizer step
   (``accumulate_gradients``, then ``optimize_parameters``; see utils/batching.py);
 * test-time inference uses the EMA network if present (our architectures pad to the window
-  multiple and crop back themselves); every validation appends its metrics to ``metrics.jsonl``
-  in the experiment / results folder, for summaries and tables;
+  multiple and crop back themselves), its images read by the set's ``num_worker_per_gpu`` workers;
+  every validation appends its metrics to ``metrics.jsonl`` in the experiment / results folder, for
+  summaries and tables;
 * under DDP, validation/testing is split across ranks and gathered (see ``validation``), the
   non-finite decision is shared by all ranks, and every rank's RNG states are saved and restored.
 """
