@@ -9,7 +9,6 @@ and the metrics gathered (IRModel.validation): the same numbers as a single-proc
 (fp32, bf16, fp16: a cast copy of the network, not autocast; int8: dynamic quantisation of the Linear
 layers); each metrics record names its ``precision`` and counts the ``nonfinite`` output values.
 """
-import logging
 import sys
 from os import path as osp
 
@@ -20,13 +19,12 @@ import basicsr_iln  # noqa: E402,F401
 import torch  # noqa: E402
 from basicsr.data import build_dataloader  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
-from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_dirs  # noqa: E402
-from basicsr.utils.options import dict2str  # noqa: E402
+from basicsr.utils import make_exp_dirs  # noqa: E402
 
 from basicsr_iln.analysis.precision import parse_precisions  # noqa: E402
 from basicsr_iln.utils.checks import build_dataset_checked  # noqa: E402
 from basicsr_iln.utils.checks import check_checkpoint_path, check_datasets, check_writable_folder  # noqa: E402
-from basicsr_iln.utils.console import FILE_ONLY, quiet_console  # noqa: E402
+from basicsr_iln.utils.console import open_run_log  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
@@ -46,10 +44,7 @@ def test_pipeline(root_path, argv=None):
     torch.backends.cudnn.benchmark = True
 
     make_exp_dirs(opt)  # an existing results folder is renamed to *_archived_<time>, never overwritten
-    log_file = osp.join(opt['path']['log'], f"test_{opt['name']}_{get_time_str()}.log")
-    logger = quiet_console(get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file))
-    logger.info(get_env_info())
-    logger.info(dict2str(opt), extra=FILE_ONLY)
+    logger = open_run_log(opt, 'test')
 
     test_loaders = []
     for phase, dataset_opt in sorted(opt['datasets'].items()):

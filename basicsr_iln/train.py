@@ -8,7 +8,6 @@ trains exactly as the uninterrupted run would have (same batches, same random st
 import copy
 import datetime
 import itertools
-import logging
 import math
 import sys
 import time
@@ -24,15 +23,14 @@ from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from basicsr.train import init_tb_loggers  # noqa: E402
-from basicsr.utils import AvgTimer, get_env_info, get_root_logger, get_time_str  # noqa: E402
-from basicsr.utils.options import dict2str  # noqa: E402
+from basicsr.utils import AvgTimer  # noqa: E402
 
 from basicsr_iln.analysis import build_dynamics_recorder  # noqa: E402
 from basicsr_iln.utils.batching import describe_global_batch, micro_batches_per_step, process_batch  # noqa: E402
 from basicsr_iln.utils.checkpoint import prepare_resume, remove_stale_temporaries, resume_position  # noqa: E402
 from basicsr_iln.utils.checks import (build_dataset_checked, check_checkpoint_path, check_datasets,  # noqa: E402
                                       check_writable_folder)
-from basicsr_iln.utils.console import FILE_ONLY, ProgressLogger, quiet_console  # noqa: E402
+from basicsr_iln.utils.console import ProgressLogger, open_run_log  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, UserFacingError, run_cli  # noqa: E402
 from basicsr_iln.utils.run_folders import NewRunFolders  # noqa: E402
@@ -106,10 +104,7 @@ def start_run(opt, args, resolved, micro_batches, folders):
         folders.create()
     if opt['rank'] == 0:  # the only writer: other ranks never touch the experiment folder
         write_resolved_options(resolved, opt['path']['experiments_root'], args.opt)
-    log_file = osp.join(opt['path']['log'], f"train_{opt['name']}_{get_time_str()}.log")
-    logger = quiet_console(get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file))
-    logger.info(get_env_info())
-    logger.info(dict2str(opt), extra=FILE_ONLY)
+    logger = open_run_log(opt, 'train')
     tb_logger = init_tb_loggers(opt)
     logger.info(describe_global_batch(opt, micro_batches))
     loaders = create_dataloaders(opt, logger, micro_batches)

@@ -6,9 +6,11 @@ progress lines a user watches; the log file keeps them for the record. A record 
 record is shown as before.
 """
 import logging
+from os import path as osp
 
-from basicsr.utils import MessageLogger, get_root_logger
+from basicsr.utils import MessageLogger, get_env_info, get_root_logger, get_time_str
 from basicsr.utils.dist_util import master_only
+from basicsr.utils.options import dict2str
 
 FILE_ONLY_ATTRIBUTE = 'file_only'
 FILE_ONLY = {FILE_ONLY_ATTRIBUTE: True}  # logger.info(text, extra=FILE_ONLY): the log file only
@@ -23,6 +25,16 @@ def quiet_console(logger):
     for handler in logger.handlers:
         if not isinstance(handler, logging.FileHandler) and _not_file_only not in handler.filters:
             handler.addFilter(_not_file_only)
+    return logger
+
+
+def open_run_log(opt, phase):
+    """BasicSR's logger writing ``<log folder>/<phase>_<name>_<time>.log``, its console quieted; the environment
+    is logged, the options only to the file."""
+    log_file = osp.join(opt['path']['log'], f"{phase}_{opt['name']}_{get_time_str()}.log")
+    logger = quiet_console(get_root_logger(logger_name='basicsr', log_level=logging.INFO, log_file=log_file))
+    logger.info(get_env_info())
+    logger.info(dict2str(opt), extra=FILE_ONLY)
     return logger
 
 
