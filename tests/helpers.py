@@ -3,8 +3,12 @@ import functools
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import traceback
 from pathlib import Path
 
 import basicsr_iln  # noqa: F401  (before basicsr)
@@ -98,10 +102,108 @@ def cli_command(script, opt_path, workdir, *extra, root=None):
     return [sys.executable, str(REPO / 'basicsr_iln' / f'{script}.py'), '-opt', str(opt_path), *extra], env
 
 
-def run_cli(script, opt_path, workdir, *extra, timeout=300, root=None):
-    """Run the CLI of ``cli_command`` in ``workdir`` to the end; returns the CompletedProcess."""
+def run_cli(script, opt_path, workdir, *extra, timeout=300, root=None, fresh_interpreter=False):
+    """Run the CLI of ``cli_command`` in ``workdir`` to the end; returns the CompletedProcess. It runs in a
+    fork of this process (:func:`run_python`) unless ``fresh_interpreter``."""
     cmd, env = cli_command(script, opt_path, workdir, *extra, root=root)
-    return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_python(cmd[1:], cwd=workdir, env=env, timeout=timeout, fresh_interpreter=fresh_interpreter)
+
+
+def run_python(argv, cwd=None, env=None, timeout=300, fresh_interpreter=False):
+    """``subprocess.run([sys.executable, *argv], capture_output=True, text=True)`` without a new interpreter:
+    a fork of this process runs the script ``argv[0]`` as ``__main__`` with that argv, working directory and
+    environment, and exits with its exit status. Why: the suite runs the real CLIs about a hundred times, and
+    a fresh interpreter spends about ten seconds importing torch and BasicSR each time. The child resets what
+    the test session changed in the interpreter (logging handlers, warning filters, torch threads, atexit
+    hooks) to what a fresh ``python`` has. ``fresh_interpreter`` runs a real subprocess instead, as does
+    every run where forking a process that uses threads is not safe (not Linux)."""
+    env = dict(os.environ if env is None else env)
+    if fresh_interpreter or not sys.platform.startswith('linux'):
+        return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:  # the child never returns into pytest
+            try:
+                _run_script_in_child(argv, cwd, env, out.fileno(), err.fileno())  # exits
+            except BaseException:
+                traceback.print_exc()  # the child's own set-up failed
+            finally:
+                os._exit(1)
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise subprocess.TimeoutExpired([sys.executable, *argv], timeout)
+            time.sleep(0.02)
+        outputs = []
+        for f in (out, err):
+            f.seek(0)
+            outputs.append(f.read().decode('utf-8', errors='replace'))
+    return subprocess.CompletedProcess([sys.executable, *argv], os.waitstatus_to_exitcode(status), *outputs)
+
+
+def start_ranks(fn, args, nprocs):
+    """``torch.multiprocessing.spawn(fn, args, nprocs)``, but forked where that is safe (Linux): the ranks
+    inherit this process's imports instead of spending ten seconds each on their own. ``fn`` must set its
+    torch threads first."""
+    import torch.multiprocessing as mp
+    mp.start_processes(fn, args=args, nprocs=nprocs, start_method='fork' if sys.platform.startswith('linux') else 'spawn')
+
+
+def _run_script_in_child(argv, cwd, env, out_fd, err_fd):
+    import atexit
+    import logging
+    import runpy
+    import warnings
+
+    import torch
+    from basicsr.utils import logger as basicsr_logger
+
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for fd, target in ((devnull, 0), (out_fd, 1), (err_fd, 2)):
+        os.dup2(fd, target)
+    sys.stdin = open(0, closefd=False)
+    sys.stdout = open(1, 'w', buffering=1, closefd=False)
+    sys.stderr = open(2, 'w', buffering=1, closefd=False)
+    os.chdir(cwd or os.getcwd())
+    os.environ.clear()
+    os.environ.update(env)
+    torch.set_num_threads(int(env.get('OMP_NUM_THREADS') or os.cpu_count() or 1))
+    for name in [None, *logging.root.manager.loggerDict]:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+    logging.getLogger('basicsr').setLevel(logging.NOTSET)
+    basicsr_logger.initialized_logger.clear()
+    warnings.resetwarnings()  # a fresh interpreter's filters, printed to stderr
+    for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+        warnings.simplefilter('ignore', category)
+    warnings.filterwarnings('default', category=DeprecationWarning, module='__main__')
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+        warnings.formatwarning(message, category, filename, lineno, line))
+    atexit._clear()  # the session's exit hooks are not the script's
+    atexit.register(logging.shutdown)
+    sys.argv = [str(a) for a in argv]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))
+    try:
+        runpy.run_path(sys.argv[0], run_name='__main__')
+        code = 0
+    except SystemExit as exit_:  # as the interpreter treats it
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        if not isinstance(exit_.code, int) and exit_.code is not None:
+            print(exit_.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main_error_line(main, argv, capsys):

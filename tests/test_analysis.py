@@ -2,7 +2,6 @@
 import copy
 import json
 import math
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -17,7 +16,7 @@ from basicsr_iln.analysis.precision import PrecisionNetwork, parse_precisions
 from basicsr_iln.analysis.stats import affine_stats, channel_entropy, correlation, feature_stats
 from basicsr_iln.archs.norms import NORM_SCHEMES, FamilyNorm, NormScheme
 from basicsr_iln.utils.errors import ConfigError
-from helpers import REPO, eval_options_from_train, run_cli, tiny_train_options, write_yaml
+from helpers import REPO, eval_options_from_train, run_cli, run_python, tiny_train_options, write_yaml
 
 sys.path.insert(0, str(REPO / 'scripts'))
 import plot_dynamics  # noqa: E402
@@ -222,8 +221,7 @@ def test_training_cli_records_dynamics_and_plot_script_writes_figures(analysed_r
     assert any((work / 'tb_logger' / 'dyn_ln').iterdir())  # TensorBoard event file
 
     out = work / 'figures'
-    result = subprocess.run([sys.executable, str(REPO / 'scripts' / 'plot_dynamics.py'), str(exp), '--out', str(out),
-                             '--per-depth'], capture_output=True, text=True, timeout=120)
+    result = run_python([REPO / 'scripts' / 'plot_dynamics.py', exp, '--out', out, '--per-depth'], timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ('dynamics.png', 'depth_dyn_ln.png'):
         data = (out / name).read_bytes()

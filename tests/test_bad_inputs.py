@@ -1,20 +1,15 @@
 """Bad inputs to the real train/test CLIs: each run exits non-zero with one ``error:`` line that names
 the culprit (option key, file, expected vs actual) and prints no Python traceback.
 
-Every case runs the real CLI's ``main`` in a CLI process. Importing torch and BasicSR costs about ten
-seconds a process, so the failing cases share (cores + 1) processes (``cli_batch.py``, started together
-by the ``outcomes`` fixture); the runs that train or must crash get one process each.
+Every case runs the real CLI as ``python basicsr_iln/<script>.py`` would, in a fork of the test process
+(``helpers.run_python``), when a test first asks for its outcome.
 
 Decided behaviours: 16-bit and alpha images are refused (BasicSR's OpenCV reader would silently cut
 them to 8-bit RGB); gray images are accepted by an RGB network (read as 3 equal channels:
 ``test_gray_images_train_an_rgb_network``); a 1-channel network needs ``color: y`` on its datasets.
 """
-import json
 import os
 import shutil
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +20,7 @@ import torch
 import yaml
 
 from basicsr_iln.utils.network_config import build_network_checked
-from helpers import REPO, cli_command, eval_options_from_train, run_cli, tiny_train_options
+from helpers import eval_options_from_train, run_cli, tiny_train_options
 
 pytestmark = pytest.mark.slow  # every test here runs real CLIs or several processes
 
@@ -314,64 +309,36 @@ def prepare(case, base_dir, data, checkpoint, extra_args=()):
     return (case.script, run.opt_path, folder, *run.args, *extra_args), {'root': run.root}
 
 
+class Outcomes:
+    """{case id: (case folder, CompletedProcess)}: a case's CLI runs when a test first asks for it."""
+
+    def __init__(self, base, cases, data, checkpoint):
+        self.base, self.cases, self.data, self.checkpoint, self.done = base, cases, data, checkpoint, {}
+
+    def __getitem__(self, name):
+        if name not in self.done:
+            case, extra_args = self.cases[name]
+            (script, opt_path, folder, *args), kwargs = prepare(case, self.base, self.data, self.checkpoint, extra_args)
+            self.done[name] = folder, run_cli(script, opt_path, folder, *args, **kwargs)
+        return self.done[name]
+
+
 @pytest.fixture(scope='module')
 def outcomes(tiny_sr_data, tmp_path_factory):
-    """{case id: Future of (case folder, CompletedProcess)} for every case, plus the ``--traceback`` and
-    gray-data runs (in processes of their own); all started at once."""
+    """The outcome of every case, and of the ``--traceback`` and gray-data runs."""
     base = tmp_path_factory.mktemp('bad_inputs')
     checkpoint = base / CHECKPOINT
     net_opt = tiny_train_options(tiny_sr_data, 'net')['network_g']
     torch.save({'params_ema': build_network_checked(net_opt).state_dict()}, checkpoint)
-    jobs = {case.id: prepare(case, base, tiny_sr_data, checkpoint) for case in CASES + OPTION_CASES}
-    traceback_case = Case('traceback', 'train', set_in(['model_type'], 'IRmodel'), ())
-    jobs['traceback'] = prepare(traceback_case, base, tiny_sr_data, checkpoint, extra_args=['--traceback'])
-    jobs['gray'] = prepare(Case('gray', 'train', gray_training_data, ()), base, tiny_sr_data, checkpoint)
-
-    alone = {name: jobs.pop(name) for name in ('traceback', 'gray')}
-    workers = (os.cpu_count() or 1) + 1
-    pool = ThreadPoolExecutor(max_workers=workers)
-    names = list(jobs)
-    shards = [names[i::workers] for i in range(workers)]
-    shard_results = [pool.submit(run_batch, [jobs[n] for n in shard], base / f'batch{i}.json')
-                     for i, shard in enumerate(shards)]
-    futures = {name: pool.submit(lambda job: (job[0][2], run_cli(*job[0], **job[1])), job)
-               for name, job in alone.items()}
-    futures.update({name: BatchOutcome(shard_results[i], shard.index(name), jobs[name][0][2])
-                    for i, shard in enumerate(shards) for name in shard})
-    yield futures
-    pool.shutdown(cancel_futures=True)
-
-
-def run_batch(jobs, jobs_file):
-    """Run ``jobs`` (``prepare``'s run_cli arguments) in one cli_batch.py process: [CompletedProcess]."""
-    specs = []
-    for (script, opt_path, workdir, *extra), kwargs in jobs:
-        specs.append({'script': script, 'argv': ['-opt', str(opt_path), *map(str, extra)], 'cwd': str(workdir),
-                      'root': str(kwargs['root'] or workdir)})
-    jobs_file.write_text(json.dumps(specs))
-    env = cli_command('train', jobs_file, jobs_file.parent)[1]  # the CLI's environment (threads, PYTHONPATH)
-    done = subprocess.run([sys.executable, str(REPO / 'tests' / 'cli_batch.py'), str(jobs_file)], env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(Path(f'{jobs_file}.out').read_text())
-    return [subprocess.CompletedProcess(spec['argv'], r['returncode'], r['stdout'], r['stderr'])
-            for spec, r in zip(specs, results)]
-
-
-@dataclass
-class BatchOutcome:
-    """A case's (case folder, CompletedProcess) from its batch, with a Future's ``result()``."""
-    batch: object
-    index: int
-    folder: Path
-
-    def result(self):
-        return self.folder, self.batch.result()[self.index]
+    cases = {case.id: (case, ()) for case in CASES + OPTION_CASES}
+    cases['traceback'] = Case('traceback', 'train', set_in(['model_type'], 'IRmodel'), ()), ['--traceback']
+    cases['gray'] = Case('gray', 'train', gray_training_data, ()), ()
+    return Outcomes(base, cases, tiny_sr_data, checkpoint)
 
 
 @pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
 def test_bad_input_gives_one_clear_error_line(case, outcomes):
-    _, result = outcomes[case.id].result()
+    _, result = outcomes[case.id]
     assert_one_error_line(result, case.expect)
 
 
@@ -387,13 +354,13 @@ def assert_one_error_line(result, expect):
 
 @pytest.mark.parametrize('case', OPTION_CASES, ids=[c.id for c in OPTION_CASES])
 def test_bad_option_fails_before_anything_is_written(case, outcomes):
-    folder, result = outcomes[case.id].result()
+    folder, result = outcomes[case.id]
     assert_one_error_line(result, case.expect)
     assert not [name for name in ('experiments', 'results', 'tb_logger') if (folder / name).exists()]
 
 
 def test_yaml_error_names_the_line(outcomes):
-    folder, result = outcomes['yaml_syntax'].result()
+    folder, result = outcomes['yaml_syntax']
     broken = (folder / 'train.yml').read_text().splitlines().index('  total_iter: [4') + 1
     error = result.stderr.strip().splitlines()[-1]
     reported = int(error.split(' at line ')[1].split(',')[0])
@@ -401,7 +368,7 @@ def test_yaml_error_names_the_line(outcomes):
 
 
 def test_global_batch_error_comes_before_any_folder(outcomes):
-    folder, _ = outcomes['global_batch_not_a_multiple'].result()
+    folder, _ = outcomes['global_batch_not_a_multiple']
     assert not (folder / 'experiments').exists()
 
 
@@ -409,20 +376,20 @@ def test_failed_start_leaves_the_disk_as_it_was(outcomes):
     """The new run's folders are removed and the previous run's folder, which BasicSR had renamed to
     *_archived_<time>, is back under its name."""
     for case in ('failed_start_keeps_previous_run', 'global_batch_larger_than_dataset', 'heads_not_dividing_width'):
-        folder, result = outcomes[case].result()
+        folder, result = outcomes[case]
         assert result.returncode == 2
         experiments = sorted(p.name for p in (folder / 'experiments').iterdir()) \
             if (folder / 'experiments').exists() else []
         assert not [name for name in experiments if '_archived_' in name], experiments
         assert not (folder / 'tb_logger').exists() or not any((folder / 'tb_logger').iterdir())
-    folder, _ = outcomes['failed_start_keeps_previous_run'].result()
+    folder, _ = outcomes['failed_start_keeps_previous_run']
     (previous, ) = (folder / 'experiments').iterdir()
     assert (previous / 'models' / 'net_g_100.pth').read_text() == 'the previous run'
     assert [p.name for p in (folder / 'experiments').iterdir()] == [previous.name]
 
 
 def test_pickle_checkpoint_ran_nothing(outcomes):
-    folder, result = outcomes['checkpoint_needs_pickle'].result()
+    folder, result = outcomes['checkpoint_needs_pickle']
     assert result.returncode == 2
     assert not (folder / 'MARKER').exists()
     torch.load(folder / 'evil.pth', weights_only=False)  # what an unsafe load would have done
@@ -430,7 +397,7 @@ def test_pickle_checkpoint_ran_nothing(outcomes):
 
 
 def test_traceback_flag_shows_the_traceback(outcomes):
-    _, result = outcomes['traceback'].result()
+    _, result = outcomes['traceback']
     assert result.returncode != 0
     assert 'Traceback (most recent call last)' in result.stderr
     assert "ConfigError: unknown model_type 'IRmodel'" in result.stderr
@@ -447,7 +414,7 @@ def gray_training_data(run):
 
 def test_gray_images_train_an_rgb_network(outcomes):
     """BasicSR reads gray files as 3 equal channels, so an RGB network trains on them: accepted."""
-    folder, result = outcomes['gray'].result()
+    folder, result = outcomes['gray']
     assert result.returncode == 0, result.stderr[-3000:]
     hr = next((folder / 'data' / 'HR').glob('*.png'))
     assert cv2.imread(str(hr), cv2.IMREAD_UNCHANGED).ndim == 2

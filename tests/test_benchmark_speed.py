@@ -2,7 +2,6 @@
 these machines are shared and noisy; the numbers live in docs/benchmarks.md), and counts FLOPs as by hand."""
 import math
 import re
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -11,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import REPO, real_photos
+from helpers import REPO, real_photos, run_python
 
 sys.path.insert(0, str(REPO / 'scripts'))
 from benchmark_speed import counted_flops, known_peak_tflops, peak_tflops, throughput_cells  # noqa: E402
 
-BENCHMARK = [sys.executable, str(REPO / 'scripts' / 'benchmark_speed.py')]
+BENCHMARK = [REPO / 'scripts' / 'benchmark_speed.py']
 TINY = ['--devices', 'cpu', '--repeats', '1', '--warmup', '0', '--embed-dim', '16', '--depths', '1', '--heads', '2',
         '--train-size', '16', '--infer-size', '16']
 
@@ -55,8 +54,7 @@ def test_mfu_is_achieved_over_peak_and_the_peak_comes_from_the_flag_or_the_datas
 def test_benchmark_prints_all_variants_ratios_and_block_halves(tmp_path):
     out = tmp_path / 'bench.md'
     # Threads and the benchmark's global torch settings stay in the child process.
-    result = subprocess.run(BENCHMARK + TINY + ['--block-shapes', '1x64x12', '--out', str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = run_python(BENCHMARK + TINY + ['--block-shapes', '1x64x12', '--out', out], timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     text = out.read_text()
     for row in ('SwinIR ln', 'SwinIR iln', 'HAT ln', 'HAT iln', 'DRCT ln', 'DRCT iln', 'SwinIR ln (BasicSR)'):
@@ -75,10 +73,9 @@ def test_with_data_reports_loader_full_iteration_and_compute_rates_per_source_an
     for i, photo in enumerate(real_photos()[:2]):
         cv2.imwrite(str(photos / f'photo{i}.png'), photo[:64, :64])
     out = tmp_path / 'bench.md'
-    result = subprocess.run(BENCHMARK + TINY + ['--archs', 'SwinIR', '--no-memory', '--with-data', '--workers', '0', '1',
-                                                '--data-from', str(photos), '--sub-size', '32', '--peak-tflops', '1',
-                                                '--out', str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = run_python(BENCHMARK + TINY + ['--archs', 'SwinIR', '--no-memory', '--with-data', '--workers', '0', '1',
+                                            '--data-from', photos, '--sub-size', '32', '--peak-tflops', '1',
+                                            '--out', out], timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     text = out.read_text()
     assert '18 HR sub-images of 32 px (x2 LR 16 px) from 2 photos' in text  # 3 x 3 per 64-px photo, step 16
@@ -93,5 +90,5 @@ def test_with_data_reports_loader_full_iteration_and_compute_rates_per_source_an
 
 @pytest.mark.slow
 def test_bad_block_shape_is_named():
-    result = subprocess.run(BENCHMARK + ['--block-shapes', '2x3'], capture_output=True, text=True, timeout=120)
+    result = run_python(BENCHMARK + ['--block-shapes', '2x3'], timeout=120)
     assert result.returncode != 0 and "got '2x3'" in result.stderr

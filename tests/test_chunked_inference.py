@@ -2,8 +2,6 @@
 architecture and norm, in a fraction of the memory."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +11,7 @@ from basicsr_iln.archs.drct_arch import DRCT
 from basicsr_iln.archs.hat_arch import HAT
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
 from basicsr_iln.utils.inference import restore
-from helpers import REPO
+from helpers import REPO, run_python
 
 TINY = dict(upscale=2, img_size=16, window_size=8, embed_dim=24, num_heads=[2], mlp_ratio=2, upsampler='pixelshuffle')
 ARCHS = {
@@ -66,10 +64,10 @@ def test_chunked_peak_memory_is_a_fraction_of_one_piece():
     """Measured by the large-image benchmark (torch's CPU allocations recorded by the profiler): a window-16
     SwinIR with 8 heads on a 192x192 input, where one-piece attention needs hundreds of MB (measured 661 MB
     one piece, 91 MB in chunks of 512 tokens, bound 161 MB)."""
-    cmd = [sys.executable, str(REPO / 'scripts' / 'benchmark_large_image.py'), '--archs', 'SwinIR', '--norms', 'iln',
+    cmd = [REPO / 'scripts' / 'benchmark_large_image.py', '--archs', 'SwinIR', '--norms', 'iln',
            '--lr-size', '192', '192', '--embed-dim', '32', '--depths', '2', '--heads', '8', '--window', '16',
            '--modes', 'unchunked', 'chunked', '--max-chunk-tokens', '512', '--json']
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    result = run_python(cmd, timeout=600, env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {row['mode']: row for row in json.loads(result.stdout.splitlines()[-1])}
     assert rows['chunked']['max_abs_diff'] <= 1e-5

@@ -1,4 +1,5 @@
-"""The real train and test CLIs on tiny real images: checkpoints, metrics and restored images appear."""
+"""The real train and test CLIs on tiny real images: checkpoints, metrics and restored images appear. Both run
+in fresh interpreters, as a user starts them; the rest of the suite runs the CLIs in forks (helpers.run_python)."""
 import json
 
 import pytest
@@ -14,7 +15,7 @@ def read_metrics(folder):
 @pytest.mark.slow
 def test_train_then_test_cli(tiny_sr_data, tmp_path):
     opt = tiny_train_options(tiny_sr_data, 'e2e_iln', norm_type='iln', total_iter=4)
-    result = run_cli('train', write_yaml(tmp_path / 'train.yml', opt), tmp_path)
+    result = run_cli('train', write_yaml(tmp_path / 'train.yml', opt), tmp_path, fresh_interpreter=True)
     assert result.returncode == 0, result.stderr[-3000:]
 
     exp = tmp_path / 'experiments' / 'e2e_iln'
@@ -34,7 +35,7 @@ def test_train_then_test_cli(tiny_sr_data, tmp_path):
         'img00_2.png', 'img00_4.png', 'img01_2.png', 'img01_4.png']
 
     test_opt = eval_options_from_train(opt, 'e2e_iln_test', exp / 'models' / 'net_g_latest.pth')
-    result = run_cli('test', write_yaml(tmp_path / 'test.yml', test_opt), tmp_path)
+    result = run_cli('test', write_yaml(tmp_path / 'test.yml', test_opt), tmp_path, fresh_interpreter=True)
     assert result.returncode == 0, result.stderr[-3000:]
     results = tmp_path / 'results' / 'e2e_iln_test'
     [test_record] = read_metrics(results)

@@ -1,7 +1,5 @@
 """Self-ensemble, tiled inference and the inference CLI (basicsr_iln/utils/inference.py, basicsr_iln/infer.py)."""
 import re
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -14,7 +12,7 @@ from basicsr_iln.archs.swinir_arch import SwinIR_iLN
 from basicsr_iln.archs.transformer_core import RestorationTransformer
 from basicsr_iln.utils.errors import ConfigError
 from basicsr_iln.utils.inference import restore
-from helpers import REPO, main_error_line, real_photos
+from helpers import REPO, main_error_line, real_photos, run_python
 
 TINY_SWINIR = dict(img_size=16, window_size=4, depths=[2], embed_dim=12, num_heads=[2], mlp_ratio=2)
 
@@ -136,10 +134,10 @@ def network_args(ckpt):
 def test_cli_restores_a_real_photo_tiled_like_untiled(dn_checkpoint, tmp_path):
     photo = real_photos()[1][:90, :120]
     cv2.imwrite(str(tmp_path / 'photo.png'), photo)
-    cmd = [sys.executable, str(REPO / 'basicsr_iln' / 'infer.py'), *network_args(dn_checkpoint), '-i',
+    cmd = [REPO / 'basicsr_iln' / 'infer.py', *network_args(dn_checkpoint), '-i',
            str(tmp_path / 'photo.png'), '-o', str(tmp_path / 'tiled'), '--sigma', '25', '--tile', '32',
            '--tile-overlap', '16', '--device', 'cpu']
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = run_python(cmd, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     infer.main([*network_args(dn_checkpoint), '-i', str(tmp_path), '-o', str(tmp_path / 'whole'), '--sigma', '25'])
 

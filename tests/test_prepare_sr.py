@@ -1,7 +1,6 @@
 """prepare_sr.py (modcrop, bicubic, sub-images, lmdb) and download_datasets.py's pure functions."""
 import hashlib
 import io
-import subprocess
 import sys
 import tarfile
 import zipfile
@@ -17,6 +16,7 @@ from basicsr.utils import FileClient, imfrombytes
 from basicsr.utils.matlab_functions import imresize
 
 from basicsr_iln.utils.errors import ConfigError
+from helpers import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 SET5 = REPO.parent / 'shared' / 'datasets' / 'sr' / 'Set5'
@@ -161,8 +161,7 @@ def test_bad_inputs_and_output_protection(photos, tmp_path, capsys):
     ('download_datasets.py', ['DIV8K']),
 ])
 def test_data_scripts_report_a_user_error_as_one_line_and_exit_2_like_the_clis(script, args, tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / 'scripts' / 'data_preparation' / script), *args],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = run_python([REPO / 'scripts' / 'data_preparation' / script, *args], cwd=tmp_path, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error: ') and 'Traceback' not in result.stderr

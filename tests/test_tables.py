@@ -2,12 +2,11 @@
 a missing test set and a missing checkpoint reported in their cells; Table 8 from synthetic analysis.jsonl files."""
 import csv
 import json
-import subprocess
 import sys
 
 import pytest
 
-from helpers import REPO, SHARED_DATASETS, eval_options_from_train, run_cli, tiny_train_options, write_yaml
+from helpers import REPO, SHARED_DATASETS, eval_options_from_train, run_cli, run_python, tiny_train_options, write_yaml
 
 sys.path.insert(0, str(REPO / 'scripts' / 'data_preparation'))
 sys.path.insert(0, str(REPO / 'scripts'))
@@ -53,9 +52,8 @@ def test_tables_from_a_tiny_real_run(tiny_sr_data, tmp_path):
     ln_yml = write_yaml(tmp_path / 'test_ln.yml', ln_opt)
 
     out = tmp_path / 'tables'
-    result = subprocess.run([sys.executable, str(REPO / 'scripts' / 'evaluate_tables.py'), f'HAT_dagger={exp}',
-                             f'HAT_dagger={ln_yml}', '--test-options', str(opts), '--out', str(out)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = run_python([REPO / 'scripts' / 'evaluate_tables.py', f'HAT_dagger={exp}', f'HAT_dagger={ln_yml}',
+                         '--test-options', opts, '--out', out], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(out / 'tables.csv', encoding='utf-8') as f:
         rows = list(csv.DictReader(f))

@@ -1,0 +1,75 @@
+"""helpers.run_python, which runs the CLIs for most of the suite: a forked run of a script must look, from
+outside, like a fresh ``python SCRIPT ARGS`` (exit status, output, argv, working directory, environment,
+warnings, logging)."""
+import subprocess
+import sys
+
+import pytest
+
+from helpers import run_python
+
+SCRIPTS = {
+    'exit_code': "import os, sys\nprint(__name__, sys.argv[1:], os.getcwd(), os.environ.get('PROBE'))\n"
+                 "print('to stderr', file=sys.stderr)\nsys.exit(3)\n",
+    'exception': "raise ValueError('boom')\n",
+    'exit_message': "import sys\nsys.exit('stopped: bad value')\n",
+    'warning': "import warnings\nwarnings.warn('a user warning')\nwarnings.warn('hidden', DeprecationWarning, "
+               "stacklevel=2)\nprint('done')\n",
+    'script_folder_on_path': "import sibling\nprint(sibling.VALUE)\n",
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='forks only on Linux')
+@pytest.mark.parametrize('name', sorted(SCRIPTS))
+def test_forked_run_looks_like_a_fresh_interpreter(name, tmp_path):
+    (tmp_path / 'sibling.py').write_text('VALUE = 42\n')
+    script = tmp_path / f'{name}.py'
+    script.write_text(SCRIPTS[name])
+    work = tmp_path / 'work'
+    work.mkdir()
+    env = {'PROBE': 'seen', 'PATH': '/usr/bin:/bin'}
+    forked = run_python([script, 'a', 'b'], cwd=work, env=env)
+    fresh = run_python([script, 'a', 'b'], cwd=work, env=env, fresh_interpreter=True)
+    assert (forked.returncode, forked.stdout) == (fresh.returncode, fresh.stdout)
+    last = lambda text: text.strip().splitlines()[-1]
+    assert last(forked.stderr or '-') == last(fresh.stderr or '-')
+    assert ('Traceback' in forked.stderr) == ('Traceback' in fresh.stderr)
+    assert ('DeprecationWarning' in forked.stderr) == ('DeprecationWarning' in fresh.stderr)
+
+
+@pytest.fixture
+def session_log(tmp_path):
+    """BasicSR's logger set up in this process, writing session.log; as it was afterwards."""
+    import logging
+
+    from basicsr.utils import get_root_logger, logger as basicsr_logger
+    logger = logging.getLogger('basicsr')
+    handlers, level, initialised = list(logger.handlers), logger.level, dict(basicsr_logger.initialized_logger)
+    basicsr_logger.initialized_logger.pop('basicsr', None)
+    get_root_logger(log_file=str(tmp_path / 'session.log'))
+    yield tmp_path / 'session.log'
+    for handler in set(logger.handlers) - set(handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(level)
+    basicsr_logger.initialized_logger.clear()
+    basicsr_logger.initialized_logger.update(initialised)
+
+
+def test_basicsr_logger_writes_the_childs_log_file(session_log, tmp_path):
+    """The test session's logging handlers and BasicSR's 'already initialised' record stay out of the child:
+    a CLI's log file gets its lines."""
+    script = tmp_path / 'log.py'
+    script.write_text("import sys\nimport basicsr_iln\nfrom basicsr.utils import get_root_logger\n"
+                      "get_root_logger(log_file=sys.argv[1]).info('from the child')\n")
+    result = run_python([script, tmp_path / 'child.log'], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'from the child' in (tmp_path / 'child.log').read_text()
+    assert 'from the child' in result.stderr and 'from the child' not in session_log.read_text()
+
+
+def test_a_run_past_its_timeout_is_killed(tmp_path):
+    script = tmp_path / 'forever.py'
+    script.write_text('import time\ntime.sleep(60)\n')
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_python([script], timeout=0.5)
