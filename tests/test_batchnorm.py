@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from basicsr_iln.archs.norms import BatchNorm  # basicsr_iln before basicsr (see compat.py)
 from basicsr_iln.train import build_model
@@ -14,7 +13,7 @@ from basicsr_iln.utils.dist import close_dist
 from basicsr_iln.utils.errors import ConfigError
 from basicsr_iln.utils.network_config import build_network_checked
 from basicsr_iln.utils.options import parse_options
-from helpers import run_cli, tiny_train_options, write_yaml
+from helpers import run_cli, start_ranks, tiny_train_options, write_yaml
 from test_distributed import BATCH, NPROC, first_step, free_port, load_ranks
 
 CHANNELS = 6
@@ -138,7 +137,7 @@ def spawned_rank(rank, port, opt_path, root, out_dir):
 def spawned(tiny_sr_data, tmp_path_factory):
     work = tmp_path_factory.mktemp('sync_bn')
     opt_path = write_yaml(work / 'train.yml', bn_options(tiny_sr_data, 'sync_bn'))
-    mp.spawn(spawned_rank, args=(free_port(), opt_path, work, work), nprocs=NPROC)
+    start_ranks(spawned_rank, (free_port(), opt_path, work, work), NPROC)
     return SimpleNamespace(work=work, opt_path=opt_path, ranks=load_ranks(work))
 
 

@@ -7,19 +7,21 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from basicsr_iln.train import build_model  # basicsr_iln before basicsr (see compat.py)
 from basicsr_iln.utils.checkpoint import find_resume_state
 from basicsr_iln.utils.dist import close_dist
 from basicsr_iln.utils.options import parse_options
-from helpers import REPO, eval_options_from_train, run_cli, tiny_train_options, write_yaml
+from helpers import (REPO, eval_options_from_train, run_cli, run_python, start_ranks, tiny_train_options,
+                     write_yaml)
 
-pytestmark = pytest.mark.slow  # every test here runs real CLIs or several processes
+# Every test here runs real CLIs or several processes; one xdist worker builds the module's DDP run.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('distributed')]
 
 NPROC = 2
 ENTRY = REPO / 'tests' / 'ddp_entry.py'
@@ -32,14 +34,34 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def rank_env(workdir, **extra):
+    return dict(os.environ, BASICSR_ILN_ROOT=str(workdir), PYTHONPATH=str(REPO), OMP_NUM_THREADS='1', **extra)
+
+
 def torchrun(script, *args, workdir):
     """``python -m torch.distributed.run --nproc_per_node=2 script args``, one thread per process."""
-    env = dict(os.environ, BASICSR_ILN_ROOT=str(workdir), PYTHONPATH=str(REPO), OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={NPROC}', f'--master_port={free_port()}',
            str(script), *map(str, args)]
-    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=workdir, env=rank_env(workdir), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
+
+
+def run_ranks(script, *args, workdir, envs):
+    """``script args`` as one forked process per environment of ``envs`` (helpers.run_python), all at once."""
+    with ThreadPoolExecutor(max_workers=len(envs)) as pool:
+        results = list(pool.map(lambda env: run_python([script, *args], cwd=workdir, env=env), envs))
+    for result in results:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def torchrun_like(script, *args, workdir):
+    """What torchrun starts (one process per rank with the rendezvous variables it sets), as forks of this
+    process: ``ddp_train`` runs the real launcher once; the other runs skip its imports."""
+    port = str(free_port())
+    run_ranks(script, *args, workdir=workdir, envs=[
+        rank_env(workdir, MASTER_ADDR='127.0.0.1', MASTER_PORT=port, RANK=str(r), LOCAL_RANK=str(r),
+                 WORLD_SIZE=str(NPROC), LOCAL_WORLD_SIZE=str(NPROC)) for r in range(NPROC)])
 
 
 def read_metrics(folder):
@@ -123,8 +145,8 @@ def test_ddp_training_keeps_ranks_identical_and_writes_once(ddp_train, single_pr
 def test_distributed_test_cli_equals_single_process(ddp_train, single_process_metrics):
     work = ddp_train.work
     test_opt = eval_options_from_train(ddp_train.opt, 'dist', ddp_train.exp / 'models' / 'net_g_latest.pth')
-    torchrun(REPO / 'basicsr_iln' / 'test.py', '-opt', write_yaml(work / 'dist.yml', test_opt), '--launcher', 'pytorch',
-             workdir=work)
+    torchrun_like(REPO / 'basicsr_iln' / 'test.py', '-opt', write_yaml(work / 'dist.yml', test_opt), '--launcher',
+                  'pytorch', workdir=work)
     results = work / 'results' / 'dist'
     [record] = read_metrics(results)
     for metric in ('psnr', 'ssim'):  # averaged over the 3 images, not over the 2 ranks' means
@@ -140,16 +162,11 @@ def test_slurm_launcher_test_cli_equals_single_process(ddp_train, single_process
     scontrol.write_text('#!/bin/sh\necho 127.0.0.1\n')
     scontrol.chmod(0o755)
     test_opt = eval_options_from_train(ddp_train.opt, 'slurm', ddp_train.exp / 'models' / 'net_g_latest.pth')
-    cmd = [sys.executable, str(REPO / 'basicsr_iln' / 'test.py'), '-opt', str(write_yaml(tmp_path / 'slurm.yml', test_opt)),
-           '--launcher', 'slurm']
-    base = dict(os.environ, BASICSR_ILN_ROOT=str(tmp_path), PYTHONPATH=str(REPO), OMP_NUM_THREADS='1',
-                PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", MASTER_PORT=str(free_port()), SLURM_NTASKS=str(NPROC),
+    base = dict(PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}", MASTER_PORT=str(free_port()), SLURM_NTASKS=str(NPROC),
                 SLURM_NODELIST='node[1-2]', SLURM_NTASKS_PER_NODE=str(NPROC))
-    tasks = [subprocess.Popen(cmd, cwd=tmp_path, env=dict(base, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(NPROC)]
-    for task in tasks:
-        output = task.communicate(timeout=300)[0]
-        assert task.returncode == 0, output[-3000:]
+    run_ranks(REPO / 'basicsr_iln' / 'test.py', '-opt', write_yaml(tmp_path / 'slurm.yml', test_opt), '--launcher',
+              'slurm', workdir=tmp_path,
+              envs=[rank_env(tmp_path, **base, SLURM_PROCID=str(r), SLURM_LOCALID=str(r)) for r in range(NPROC)])
     [record] = read_metrics(tmp_path / 'results' / 'slurm')
     for metric in ('psnr', 'ssim'):
         assert record[metric] == pytest.approx(single_process_metrics[metric], abs=1e-9)
@@ -160,8 +177,8 @@ def test_auto_resume_restarts_every_rank_from_the_same_state(ddp_train, tmp_path
     shutil.copytree(ddp_train.exp, exp)
     (exp / 'models' / 'net_g_4.pth').unlink()  # state 4 without its network: not a complete pair
     (tmp_path / 'dumps').mkdir()
-    torchrun(ENTRY, tmp_path / 'dumps', '-opt', ddp_train.yml, '--launcher', 'pytorch', '--auto_resume',
-             '--force_yml', 'train:total_iter=6', workdir=tmp_path)
+    torchrun_like(ENTRY, tmp_path / 'dumps', '-opt', ddp_train.yml, '--launcher', 'pytorch', '--auto_resume',
+                  '--force_yml', 'train:total_iter=6', workdir=tmp_path)
     ranks = load_ranks(tmp_path / 'dumps')
     assert [r['resumed_iter'] for r in ranks] == [2] * NPROC
     assert_ranks_hold_checkpoint(ranks, exp / 'models' / 'net_g_latest.pth')
@@ -207,7 +224,7 @@ def spawned(tiny_sr_data, tmp_path_factory):
     complete.mkdir(), stale.mkdir()
     torch.save({'iter': 3}, complete / '3.state')
     (complete / 'net_g_3.pth').touch()
-    mp.spawn(spawned_rank, args=(free_port(), opt_path, work, [complete, stale], work), nprocs=NPROC)
+    start_ranks(spawned_rank, (free_port(), opt_path, work, [complete, stale], work), NPROC)
     return SimpleNamespace(work=work, opt_path=opt_path, complete=complete, ranks=load_ranks(work))
 
 

@@ -95,6 +95,11 @@ def test_no_local_data_is_one_error_naming_what_was_looked_for(tmp_path, monkeyp
     assert 'make_quickstart_dataset.py' in err and not (tmp_path / 'datasets').exists()
 
 
+# The tests reading the three --smoke runs: slow, and on one xdist worker, which makes the runs once.
+def reads_smoke_runs(test):
+    return pytest.mark.slow(pytest.mark.xdist_group('smoke_runs')(test))
+
+
 @pytest.fixture(scope='module')
 def smoke_runs(smoke_workdir):
     """{option file: (CompletedProcess, experiment folder)} of the real train CLI with --smoke."""
@@ -107,7 +112,7 @@ def smoke_runs(smoke_workdir):
     return runs
 
 
-@pytest.mark.slow
+@reads_smoke_runs
 @pytest.mark.parametrize('rel', [SR_FILE, DN_FILE, HAT_FILE])
 def test_smoke_trains_validates_and_checkpoints_under_its_own_name(rel, smoke_runs):
     result, exp = smoke_runs[rel]
@@ -127,7 +132,7 @@ def _console_and_log(run):
     return result.stdout + result.stderr, log.read_text()
 
 
-@pytest.mark.slow
+@reads_smoke_runs
 def test_option_dump_goes_to_the_log_file_only_and_the_eta_ends_at_zero(smoke_runs):
     console, log = _console_and_log(smoke_runs[SR_FILE])
     assert 'network_g:[' in log and 'network_g:[' not in console  # dict2str's layout of the options
@@ -136,7 +141,7 @@ def test_option_dump_goes_to_the_log_file_only_and_the_eta_ends_at_zero(smoke_ru
     assert re.search(rf'iter:\s+{ITERATIONS}, .*\[eta: 0:00:00,', console)
 
 
-@pytest.mark.slow
+@reads_smoke_runs
 def test_network_dump_goes_to_the_log_file_only(smoke_runs):
     console, log = _console_and_log(smoke_runs[SR_FILE])
     assert 'SwinIR_iLN(' in log and 'Network: SwinIR_iLN, with parameters:' in console

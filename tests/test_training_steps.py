@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import basicsr_iln  # noqa: F401  (before basicsr)
 import pytest
 import torch
-import torch.multiprocessing as mp
 from basicsr.models import build_model
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -18,7 +17,7 @@ from basicsr_iln.utils.batching import describe_global_batch, micro_batches_per_
 from basicsr_iln.utils.dist import close_dist
 from basicsr_iln.utils.errors import ConfigError
 from basicsr_iln.utils.options import parse_options
-from helpers import run_cli, tiny_train_options, write_yaml
+from helpers import run_cli, start_ranks, tiny_train_options, write_yaml
 from test_distributed import NPROC, free_port, load_ranks
 from test_reliability import read_log, same
 
@@ -334,7 +333,7 @@ def ddp_accumulation(tiny_sr_data, tmp_path_factory):
     work = tmp_path_factory.mktemp('ddp_accumulation')
     opt_path = write_yaml(work / 'ddp.yml', model_options(tiny_sr_data, 'ddp', batch=PER_PROCESS,
                                                           global_batch_size=NPROC * 2 * PER_PROCESS))
-    mp.spawn(ddp_rank, args=(free_port(), opt_path, work, work), nprocs=NPROC)
+    start_ranks(ddp_rank, (free_port(), opt_path, work, work), NPROC)
     return SimpleNamespace(work=work, ranks=load_ranks(work))
 
 

@@ -135,7 +135,7 @@ def run_all(commands, jobs, log_dir):
             print(f'[{time.strftime("%H:%M:%S")}] start {name}: {" ".join(cmd[1:])}', flush=True)
             running[name] = (subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log,
                              time.time())
-        time.sleep(2)
+        time.sleep(0.2)
         for name, (proc, log, start) in list(running.items()):
             if proc.poll() is not None:
                 log.close()

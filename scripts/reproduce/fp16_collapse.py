@@ -87,7 +87,7 @@ def train_until_stop(args, runs, out):
     experiments = {name: Path(args.workdir) / 'experiments' / name for name in procs}
     ln_name = runs['ln']['name']
     while True:
-        time.sleep(10)
+        time.sleep(1)
         for name, experiment in experiments.items():
             if (experiment / 'analysis.jsonl').is_file():
                 cpu_dynamics.keep_records(experiment, out)
