@@ -69,10 +69,12 @@ class ChannelAttention(nn.Module):
 
 
 class CAB(nn.Module):
-    """HAT's channel attention block: conv3x3 (compress) -> GELU -> conv3x3 -> channel attention."""
+    """HAT's channel attention block: conv3x3 (compress) -> GELU -> conv3x3 -> channel attention, times
+    ``out_scale`` (HAT's ``conv_scale``: the hybrid block adds ``conv_scale * CAB`` to its attention)."""
 
-    def __init__(self, num_feat, compress_ratio=3, squeeze_factor=30):
+    def __init__(self, num_feat, compress_ratio=3, squeeze_factor=30, out_scale=1.0):
         super().__init__()
+        self.out_scale = out_scale
         if num_feat // compress_ratio < 1 or num_feat // squeeze_factor < 1:
             raise ValueError(f'CAB needs num_feat // compress_ratio and num_feat // squeeze_factor >= 1, got '
                              f'num_feat={num_feat}, compress_ratio={compress_ratio}, squeeze_factor={squeeze_factor}.')
@@ -81,7 +83,7 @@ class CAB(nn.Module):
             nn.Conv2d(num_feat // compress_ratio, num_feat, 3, 1, 1), ChannelAttention(num_feat, squeeze_factor))
 
     def forward(self, x):
-        return self.cab(x)
+        return self.cab(x) * self.out_scale
 
 
 class OCAB(nn.Module):
@@ -205,9 +207,9 @@ class HAT(RestorationTransformer):
         for depth, heads, drop_paths in stage_plan(depths, num_heads, drop_path_rate):
             blocks = shifted_window_blocks(
                 depth, drop_paths, embed_dim, self.patches_resolution, heads, window_size,
-                conv_block_factory=lambda: CAB(embed_dim, compress_ratio, squeeze_factor), mlp_ratio=mlp_ratio,
-                qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate, norm_type=norm_type,
-                norm_eps=eps, conv_scale=conv_scale, register_buffers=False)
+                conv_layer=lambda dim: CAB(dim, compress_ratio, squeeze_factor, out_scale=conv_scale),
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate, attn_drop=attn_drop_rate,
+                norm_type=norm_type, norm_eps=eps, register_buffers=False)
             overlap_attn = OCAB(embed_dim, self.patches_resolution, window_size, overlap_ratio, heads,
                                 qkv_bias=qkv_bias, qk_scale=qk_scale, mlp_ratio=mlp_ratio, norm_type=norm_type,
                                 norm_eps=eps)

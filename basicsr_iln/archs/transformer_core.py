@@ -170,13 +170,14 @@ class WindowAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """(Shifted-)window Transformer block: ``x + s1*attn(n1(x))``, then ``x + s2*mlp(n2(x))``.
 
-    ``s1``/``s2`` come from the norms (None for plain pre-norm; sqrt(var+eps) for i-LN). With a
-    ``conv_block`` (HAT's hybrid attention block) the first branch is
-    ``attn(n1(x)) + conv_scale * conv_block(n1(x))``, so i-LN rescales the conv branch too.
+    ``s1``/``s2`` come from the norms (None for plain pre-norm; sqrt(var+eps) for i-LN).
 
     Its layers are factories, as in timm: ``attn_layer(dim, window_size, num_heads, qkv_bias, qk_scale,
     attn_drop, proj_drop, register_index=...)`` (``WindowAttention``) and ``mlp_layer(in_features=,
     hidden_features=, act_layer=, drop=)`` (timm's ``Mlp``); a variant swaps one without touching the block.
+    ``conv_layer(dim)``, when given, is a convolutional branch beside the attention on the same normalised
+    input, (B, C, H, W) -> (B, C, H, W), as in HAT's hybrid attention block: the first branch is then
+    ``attn(n1(x)) + conv_block(n1(x))``, so i-LN rescales the conv branch too.
 
     ``register_buffers``: keep the relative-position index and, for shifted blocks, the shift mask
     for ``input_resolution`` as buffers (SwinIR, DRCT layouts); HAT passes both in. The mask buffer
@@ -186,8 +187,7 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim, input_resolution, num_heads, window_size=7, shift_size=0, mlp_ratio=4., qkv_bias=True,
                  qk_scale=None, drop=0., attn_drop=0., drop_path=0., act_layer=nn.GELU, norm_type='ln', norm_eps=None,
-                 conv_block=None, conv_scale=0.0, register_buffers=True, attn_layer=WindowAttention,
-                 mlp_layer=Mlp):
+                 register_buffers=True, attn_layer=WindowAttention, mlp_layer=Mlp, conv_layer=None):
         super().__init__()
         self.dim = dim
         self.input_resolution = tuple(input_resolution)
@@ -207,8 +207,7 @@ class TransformerBlock(nn.Module):
         self.norm1 = build_branch_norm(norm_type, dim, norm_eps)
         self.attn = attn_layer(dim, self.window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop,
                                register_index=register_buffers)
-        self.conv_block = conv_block
-        self.conv_scale = conv_scale
+        self.conv_block = conv_layer(dim) if conv_layer is not None else None
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.norm2 = build_branch_norm(norm_type, dim, norm_eps)
         self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
@@ -242,7 +241,7 @@ class TransformerBlock(nn.Module):
         branch = self.drop_path(self._window_attention(y, x_size, stage.attn_mask, stage.rpi_sa))
         if self.conv_block is not None:
             conv = self.conv_block(y.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, h * w, c)
-            branch = branch + conv * self.conv_scale
+            branch = branch + conv
         x = residual_add(x, branch, scale)
         y, scale = self.norm2(x)
         return residual_add(x, self.drop_path(tokenwise_in_chunks(self.mlp, y)), scale)
@@ -457,14 +456,12 @@ def _padded_index(size, pad, reflect, device):
     return torch.where(reflect, last - (index - last).abs(), index.clamp(max=last))
 
 
-def shifted_window_blocks(depth, drop_paths, dim, input_resolution, num_heads, window_size, conv_block_factory=None,
-                          **block_kwargs):
+def shifted_window_blocks(depth, drop_paths, dim, input_resolution, num_heads, window_size, **block_kwargs):
     """``depth`` TransformerBlocks alternating regular and half-window-shifted windows (Swin's
-    W-MSA / SW-MSA pairs); ``conv_block_factory()`` gives each block its own conv branch (HAT)."""
+    W-MSA / SW-MSA pairs)."""
     return [
         TransformerBlock(dim, input_resolution, num_heads, window_size=window_size,
-                         shift_size=0 if i % 2 == 0 else window_size // 2, drop_path=drop_paths[i],
-                         conv_block=conv_block_factory() if conv_block_factory else None, **block_kwargs)
+                         shift_size=0 if i % 2 == 0 else window_size // 2, drop_path=drop_paths[i], **block_kwargs)
         for i in range(depth)
     ]
 
