@@ -114,9 +114,10 @@ def run_python(argv, cwd=None, env=None, timeout=300, fresh_interpreter=False):
     a fork of this process runs the script ``argv[0]`` as ``__main__`` with that argv, working directory and
     environment, and exits with its exit status. Why: the suite runs the real CLIs about a hundred times, and
     a fresh interpreter spends about ten seconds importing torch and BasicSR each time. The child resets what
-    the test session changed in the interpreter (logging handlers, warning filters, torch threads, atexit
-    hooks) to what a fresh ``python`` has. ``fresh_interpreter`` runs a real subprocess instead, as does
-    every run where forking a process that uses threads is not safe (not Linux)."""
+    the test session changed in the interpreter (logging handlers, warning filters, atexit hooks) to what a
+    fresh ``python`` has, and runs with one torch thread (``_run_script_in_child`` says why).
+    ``fresh_interpreter`` runs a real subprocess instead, as does every run where forking a process that uses
+    threads is not safe (not Linux)."""
     env = dict(os.environ if env is None else env)
     if fresh_interpreter or not sys.platform.startswith('linux'):
         return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True,
@@ -149,8 +150,8 @@ def run_python(argv, cwd=None, env=None, timeout=300, fresh_interpreter=False):
 
 def start_ranks(fn, args, nprocs):
     """``torch.multiprocessing.spawn(fn, args, nprocs)``, but forked where that is safe (Linux): the ranks
-    inherit this process's imports instead of spending ten seconds each on their own. ``fn`` must set its
-    torch threads first."""
+    inherit this process's imports instead of spending ten seconds each on their own. ``fn`` must first set
+    one torch thread (``_run_script_in_child`` says why)."""
     import torch.multiprocessing as mp
     mp.start_processes(fn, args=args, nprocs=nprocs, start_method='fork' if sys.platform.startswith('linux') else 'spawn')
 
@@ -173,7 +174,9 @@ def _run_script_in_child(argv, cwd, env, out_fd, err_fd):
     os.chdir(cwd or os.getcwd())
     os.environ.clear()
     os.environ.update(env)
-    torch.set_num_threads(int(env.get('OMP_NUM_THREADS') or os.cpu_count() or 1))
+    # One thread whatever OMP_NUM_THREADS says: after a fork, libgomp still counts the parent's OpenMP threads
+    # as its pool, and the first parallel region with more than one thread waits for them forever.
+    torch.set_num_threads(1)
     for name in [None, *logging.root.manager.loggerDict]:
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):

@@ -1,6 +1,7 @@
 """helpers.run_python, which runs the CLIs for most of the suite: a forked run of a script must look, from
 outside, like a fresh ``python SCRIPT ARGS`` (exit status, output, argv, working directory, environment,
 warnings, logging)."""
+import os
 import subprocess
 import sys
 
@@ -73,3 +74,19 @@ def test_a_run_past_its_timeout_is_killed(tmp_path):
     script.write_text('import time\ntime.sleep(60)\n')
     with pytest.raises(subprocess.TimeoutExpired):
         run_python([script], timeout=0.5)
+
+
+def test_a_fork_after_parallel_work_in_this_process_does_not_hang(tmp_path):
+    """This process has run OpenMP threads; the forked script asks for two (libgomp would wait forever for
+    the parent's threads if the child used more than one)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        (torch.rand(512, 512) @ torch.rand(512, 512)).sum()
+        script = tmp_path / 'parallel.py'
+        script.write_text('import torch\nprint(int((torch.rand(512, 512) @ torch.rand(512, 512)).sum() > 0))\n')
+        result = run_python([script], env=dict(os.environ, OMP_NUM_THREADS='2'), timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert (result.returncode, result.stdout) == (0, '1\n'), result.stderr
