@@ -9,9 +9,13 @@ import json
 import pytest
 import torch
 
+from basicsr.models import build_model
+
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
+from basicsr_iln.archs.transformer_core import shifted_window_mask
 from basicsr_iln.models.ir_model import compile_network
 from basicsr_iln.utils.errors import ConfigError
+from basicsr_iln.utils.options import parse_options
 from helpers import eval_options_from_train, run_cli, tiny_train_options, write_yaml
 
 
@@ -52,3 +56,19 @@ def test_bad_compile_option_is_refused(value):
 def test_compile_off_keeps_the_network():
     net = torch.nn.Identity()
     assert compile_network(net, False) is net and compile_network(net, None) is net
+
+
+@pytest.mark.parametrize('compiled', [True, False])
+def test_compiled_training_keeps_the_shift_mask_of_its_patches(compiled, tiny_sr_data, tmp_path):
+    """A compiled network takes the training patch's shift mask as an input instead of computing it in the
+    graph (docs/benchmarks.md): 24-px GT crops at x2 are 12-px inputs, padded to 16 by the 8-px windows."""
+    opt = tiny_train_options(tiny_sr_data, 'kept', img_size=32, window_size=8)
+    opt['datasets']['train']['gt_size'] = 24
+    if compiled:
+        opt['compile'] = {'backend': 'eager'}
+    parsed, _ = parse_options(str(tmp_path), is_train=True, argv=['-opt', str(write_yaml(tmp_path / 'o.yml', opt))])
+    model = build_model(parsed)
+    net = model.get_bare_model(model.net_g)
+    expected = (16, 16) if compiled else (32, 32)  # else: img_size's, from construction
+    assert net.kept_mask_size == expected
+    assert torch.equal(net.kept_shift_mask, shifted_window_mask(expected, 8, 4))

@@ -1,12 +1,15 @@
 """The speed-motivated code paths compute the same function as the plain formulas they replace:
-i-LN's one-kernel normalisation + std, the explicit CPU training attention, row-major token layout."""
+i-LN's one-kernel normalisation + std, the explicit CPU training attention, row-major token layout, the
+shift mask kept for img_size."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+from basicsr_iln.archs.drct_arch import DRCT
+from basicsr_iln.archs.hat_arch import HAT
 from basicsr_iln.archs.norms import HolisticLayerNorm, _HolisticLayerNormFunction
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
-from basicsr_iln.archs.transformer_core import _explicit_biased_attention, biased_attention
+from basicsr_iln.archs.transformer_core import _explicit_biased_attention, biased_attention, shifted_window_mask
 
 
 def reference_holistic(norm, x):
@@ -110,3 +113,26 @@ def test_token_stream_stays_row_major(norm_type):
         layer.register_forward_hook(lambda module, args, out: seen.append(out.is_contiguous()))
     net(torch.rand(1, 3, 16, 16))
     assert seen == [True, True]
+
+
+@pytest.mark.parametrize('arch', ['SwinIR', 'HAT', 'DRCT'])
+def test_kept_shift_mask_is_the_computed_one_and_used_at_its_size_only(arch):
+    """At ``img_size`` the networks use the shift mask kept at construction instead of computing it; the
+    output is the same, and at other sizes the mask is computed for that size."""
+    kwargs = dict(img_size=16, window_size=4, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2, upscale=2,
+                  upsampler='pixelshuffle', norm_type='iln')
+    torch.manual_seed(0)
+    net = {'SwinIR': SwinIR_iLN, 'HAT': lambda **kw: HAT(squeeze_factor=4, **kw), 'DRCT': DRCT}[arch](**kwargs).eval()
+    kept = net.shift_mask((16, 16), 'cpu')
+    assert kept is net.kept_shift_mask and torch.equal(kept, shifted_window_mask((16, 16), 4, 2))
+    assert 'kept_shift_mask' not in net.state_dict()  # the released layouts have no such key
+    other = net.shift_mask((8, 12), 'cpu')
+    assert other.shape == (6, 16, 16) and torch.equal(other, shifted_window_mask((8, 12), 4, 2))
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        with_kept = net(x)
+        net.keep_shift_mask((8, 8))  # another size kept (a training patch): 16 x 16 computes its mask
+        assert net.shift_mask((8, 8), 'cpu') is net.kept_shift_mask
+        assert torch.equal(net(x), with_kept)
+        net.keep_shift_mask((6, 7))  # inputs of 6 x 7 are padded to 8 x 8
+        assert net.kept_mask_size == (8, 8) and torch.equal(net(x), with_kept)

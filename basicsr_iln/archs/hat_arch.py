@@ -28,7 +28,7 @@ from .chunking import attend_in_chunks, tokenwise_in_chunks
 from .norms import build_branch_norm, residual_add
 from .transformer_core import (NO_STAGE_INPUTS, BlockSequence, ResidualGroup, RestorationTransformer, StageInputs,
                                biased_attention, init_truncated_normal, relative_position_index, run_layer,
-                               shifted_window_blocks, shifted_window_mask, stage_plan, window_reverse)
+                               shifted_window_blocks, stage_plan, window_reverse)
 
 
 def _grid_coords(size):
@@ -197,7 +197,6 @@ class HAT(RestorationTransformer):
         if overlap_ratio < 0:
             raise ValueError(f'overlap_ratio must be >= 0, got {overlap_ratio}.')
         self.overlap_ratio = overlap_ratio
-        self.shift_size = window_size // 2
         self.register_buffer('relative_position_index_SA', relative_position_index(window_size))
         self.register_buffer('relative_position_index_OCA',
                              overlapping_relative_position_index(window_size,
@@ -219,8 +218,8 @@ class HAT(RestorationTransformer):
 
     def stage_inputs(self, x_size, device):
         """The shift mask for this input size and the two shared relative-position indices."""
-        mask = shifted_window_mask(x_size, self.window_size, self.shift_size, device) if self._shifted else None
-        return StageInputs(attn_mask=mask, rpi_sa=self.relative_position_index_SA,
+        return StageInputs(attn_mask=self.shift_mask(x_size, device) if self._shifted else None,
+                           rpi_sa=self.relative_position_index_SA,
                            rpi_oca=self.relative_position_index_OCA)
 
 

@@ -347,6 +347,8 @@ class RestorationTransformer(nn.Module):
         self.patches_resolution = tuple(self.patch_embed.patches_resolution)
         # Blocks shift their windows only when the construction-time resolution exceeds the window.
         self._shifted = min(self.patches_resolution) > window_size
+        self.register_buffer('kept_shift_mask', None, persistent=False)
+        self.keep_shift_mask(self.patches_resolution)
         self.patch_unembed = PatchUnEmbed(img_size=img_size, patch_size=patch_size, in_chans=embed_dim,
                                           embed_dim=embed_dim)
         self.ape = ape
@@ -394,10 +396,29 @@ class RestorationTransformer(nn.Module):
 
     def stage_inputs(self, x_size, device):
         """The ``StageInputs`` of every stage: the shift mask for ``x_size``, unless overridden. Whether
-        there is one depends on the construction only (no branch on the size)."""
+        there is one depends on the construction only."""
         if not self._shifted:
             return NO_STAGE_INPUTS
-        return StageInputs(attn_mask=shifted_window_mask(x_size, self.window_size, self.window_size // 2, device))
+        return StageInputs(attn_mask=self.shift_mask(x_size, device))
+
+    def shift_mask(self, x_size, device):
+        """The shift mask for ``x_size``: the kept one when it is of that size, else computed.
+        Why keep one: computed inside a torch.compile graph, the mask made inductor (CPU) lay the attention
+        scores out with the windows innermost, so that every batched matmul on them ran window by window
+        (docs/benchmarks.md, torch.compile). A recorded graph (trace, export) always computes it, so that it
+        is right at every size."""
+        kept = self.kept_shift_mask
+        if kept is not None and not recording_graph() and tuple(x_size) == self.kept_mask_size:
+            return kept
+        return shifted_window_mask(x_size, self.window_size, self.window_size // 2, device)
+
+    def keep_shift_mask(self, image_size):
+        """Keep the shift mask of inputs of ``image_size`` (h, w; padded to the window): that of ``img_size``
+        from construction, the training patch's when IRModel compiles the network for training."""
+        ws = self.window_size
+        size = tuple(-(-side // ws) * ws for side in image_size)
+        self.kept_mask_size = size if self._shifted else None
+        self.kept_shift_mask = shifted_window_mask(size, ws, ws // 2, self.mean.device) if self._shifted else None
 
     def forward_features(self, x):
         x_size = (x.shape[2], x.shape[3])

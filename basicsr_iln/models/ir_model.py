@@ -79,6 +79,13 @@ def compile_network(net, compile_opt):
     return torch.compile(net, **kwargs)
 
 
+def training_input_size(opt):
+    """The side of the network's training inputs (``datasets.train.gt_size`` / scale), or None when the
+    training set does not crop."""
+    gt_size = (opt['datasets'].get('train') or {}).get('gt_size')
+    return None if gt_size is None else gt_size // opt.get('scale', 1)
+
+
 def grad_clip_option(train_opt):
     """``train.grad_clip_norm`` as a float, or None (absent or null: no clipping)."""
     value = read_option(train_opt, 'train.grad_clip_norm')
@@ -267,6 +274,10 @@ class IRModel(SRModel):
             if synchronized:
                 get_root_logger().info(f'train.sync_bn: {synchronized} BatchNorm layers use the batch statistics '
                                        f"of all {self.opt['world_size']} processes.")
+        if self.is_train and self.opt.get('compile') and hasattr(net, 'keep_shift_mask'):
+            patch = training_input_size(self.opt)
+            if patch is not None:  # the compiled graph then takes the patch's shift mask as an input
+                net.keep_shift_mask((patch, patch))
         net = compile_network(net, self.opt.get('compile', False))
         if self.opt['dist']:
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
@@ -288,12 +299,12 @@ class IRModel(SRModel):
 
         BasicSR averages parameters only, which leaves the EMA network's BatchNorm statistics at 0/1 while
         validation and testing run that network. Averaging them with the weights' decay (as timm's
-        ModelEmaV2/V3) makes them describe the same window of iterates as the averaged weights.
+        ModelEmaV2/V3) makes them describe the same window of iterates as the averaged weights. Non-persistent
+        buffers are no state of the network (constants, the kept shift mask) and are left alone.
         """
-        net_g = self.get_bare_model(self.net_g)
-        sources = {**dict(net_g.named_parameters()), **dict(net_g.named_buffers())}
+        sources = self.get_bare_model(self.net_g).state_dict(keep_vars=True)
         averaged, copied = [], []
-        for name, tensor in (*self.net_g_ema.named_parameters(), *self.net_g_ema.named_buffers()):
+        for name, tensor in self.net_g_ema.state_dict(keep_vars=True).items():
             (averaged if tensor.is_floating_point() else copied).append((tensor, sources[name]))
         ema_tensors, net_tensors = zip(*averaged)
         torch._foreach_lerp_(list(ema_tensors), list(net_tensors), 1 - decay)
