@@ -136,3 +136,29 @@ def test_kept_shift_mask_is_the_computed_one_and_used_at_its_size_only(arch):
         assert torch.equal(net(x), with_kept)
         net.keep_shift_mask((6, 7))  # inputs of 6 x 7 are padded to 8 x 8
         assert net.kept_mask_size == (8, 8) and torch.equal(net(x), with_kept)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', ['SwinIR', 'HAT', 'DRCT'])
+def test_compiled_iln_network_gives_the_eager_values_and_gradients(arch):
+    """Under torch.compile i-LN runs as plain differentiable ops (which inductor fuses) instead of its custom
+    autograd functions; ``aot_eager`` traces forward and backward as inductor would, without code generation."""
+    kwargs = dict(img_size=16, window_size=4, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2, upscale=2,
+                  upsampler='pixelshuffle', norm_type='iln', drop_path_rate=0.0)
+    torch.manual_seed(0)
+    net = {'SwinIR': SwinIR_iLN, 'HAT': lambda **kw: HAT(squeeze_factor=4, **kw), 'DRCT': DRCT}[arch](**kwargs)
+    with torch.no_grad():  # affine parameters away from their initial 1 and 0, so that each one matters
+        for name, param in net.named_parameters():
+            if name.endswith(('gamma', 'beta')):
+                param.add_(0.3 * torch.randn_like(param))
+    x, target = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 32, 32)
+    results = []
+    for run in (net, torch.compile(net, backend='aot_eager', dynamic=False)):
+        net.zero_grad()
+        out = run(x)
+        F.l1_loss(out, target).backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -65,6 +65,13 @@ def recording_graph():
     return torch.jit.is_tracing() or _is_exporting()
 
 
+def plain_ops():
+    """True while a graph is recorded or compiled: i-LN then runs as plain differentiable ops. A recorder cannot
+    hold its custom autograd functions, and torch.compile's inductor fuses the plain ops but not the functions
+    (compiled HAT i-LN / LN training step 1.049 with the functions, 0.991 with plain ops: docs/benchmarks.md)."""
+    return recording_graph() or torch.compiler.is_compiling()
+
+
 def multiply_add(shift, x, factor):
     """``shift + x * factor``: one ``addcmul`` eagerly; separate ops in a recorded graph, where the ONNX
     exporter would give addcmul's unit ``value`` the type float32 and so promote half-precision graphs."""
@@ -113,8 +120,8 @@ def _holistic_layer_norm(x, gamma, beta, eps, keep_x_hat=True):
     return y, rstd.reciprocal(), x_hat, rstd
 
 
-def _recordable_holistic_layer_norm(x, gamma, beta, eps):
-    """``(y, std)`` of LN* from plain differentiable ops, for graph recording (see ``recording_graph``)."""
+def _plain_holistic_layer_norm(x, gamma, beta, eps):
+    """``(y, std)`` of LN* from plain differentiable ops, for recorded and compiled graphs (see ``plain_ops``)."""
     dims = tuple(range(1, x.dim()))
     centred = x - x.mean(dim=dims, keepdim=True)
     std = torch.sqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
@@ -184,8 +191,8 @@ class HolisticLayerNorm(FamilyNorm, nn.Module):
 
     def forward_with_scale(self, x):
         args = x.float(), self.gamma, self.beta, self.eps
-        if recording_graph():
-            y, std = _recordable_holistic_layer_norm(*args)
+        if plain_ops():
+            y, std = _plain_holistic_layer_norm(*args)
         elif torch.is_grad_enabled():
             y, std = _HolisticLayerNormFunction.apply(*args)
         else:  # inference: the autograd.Function machinery alone costs ~3% of a small network's forward
@@ -434,6 +441,6 @@ def residual_add(shortcut, branch_out, scale):
         return shortcut + branch_out
     scale = scale.to(branch_out.dtype)
     # Without autograd the function's machinery would be pure overhead; a graph recorder cannot hold it.
-    if torch.is_grad_enabled() and not recording_graph():
+    if torch.is_grad_enabled() and not plain_ops():
         return _ScaledResidualFunction.apply(shortcut, branch_out, scale)
     return multiply_add(shortcut, branch_out, scale)
