@@ -119,7 +119,7 @@ def run_python(argv, cwd=None, env=None, timeout=300, fresh_interpreter=False):
     ``fresh_interpreter`` runs a real subprocess instead, as does every run where forking a process that uses
     threads is not safe (not Linux)."""
     env = dict(os.environ if env is None else env)
-    if fresh_interpreter or not sys.platform.startswith('linux'):
+    if fresh_interpreter or not fork_is_usable():
         return subprocess.run([sys.executable, *map(str, argv)], cwd=cwd, env=env, capture_output=True, text=True,
                               timeout=timeout)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -153,7 +153,27 @@ def start_ranks(fn, args, nprocs):
     inherit this process's imports instead of spending ten seconds each on their own. ``fn`` must first set
     one torch thread (``_run_script_in_child`` says why)."""
     import torch.multiprocessing as mp
-    mp.start_processes(fn, args=args, nprocs=nprocs, start_method='fork' if sys.platform.startswith('linux') else 'spawn')
+    mp.start_processes(fn, args=args, nprocs=nprocs, start_method='fork' if fork_is_usable() else 'spawn')
+
+
+def fork_is_usable():
+    """Whether a fork of this process can run the CLIs: on Linux only, and only while a fork can still run
+    autograd. Once this process has started autograd's worker threads (some test's backward can), torch
+    refuses a backward in its forks ("Unable to handle autograd's threading in combination with fork-based
+    multiprocessing"); a forked probe finds out, and the runs take fresh interpreters from then on."""
+    if not sys.platform.startswith('linux'):
+        return False
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            import torch
+            torch.set_num_threads(1)
+            torch.ones(1, requires_grad=True).sum().backward()
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
 def _run_script_in_child(argv, cwd, env, out_fd, err_fd):
