@@ -3,17 +3,17 @@
 whether BasicSR's data loader keeps up with the training step.
 
     python scripts/benchmark_speed.py [--archs SwinIR HAT DRCT] [--devices cpu cuda] [--repeats 15]
-        [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8]
+        [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8 | --released]
         [--precision fp32] [--peak-tflops X] [--threads 1] [--profile SwinIR] [--out results.md]
         [--block-shapes 2x1024x48 1x2304x180] [--compile] [--with-data [--workers 0 2] [--data-from DIR]
         [--sub-size 480]]
 
 Variants: every arch x norm (ln, iln) at the same small x2 classical-SR config, plus ``basicsr``:
 ``basicsr.archs.swinir_arch.SwinIR`` with the weights of our SwinIR (ln); with ``--compile`` each of
-them also under ``torch.compile`` (inductor, static shapes), timed in the same interleaved rounds. Measured per variant:
-a training step (zero_grad, forward, L1 loss, backward, Adam step) on ``--batch`` LR crops of
-``--train-size`` pixels, and inference (eval, no_grad) on one ``--infer-size`` image; ``--precision bf16``
-runs both under bf16 autocast.
+them also under ``torch.compile`` (inductor, static shapes), timed in the same interleaved rounds.
+Measured per variant: a training step (zero_grad, forward, L1 loss, backward, a step of the fused Adam
+that IRModel trains every network with) on ``--batch`` LR crops of ``--train-size`` pixels, and inference
+(eval, no_grad) on one ``--infer-size`` image; ``--precision bf16`` runs both under bf16 autocast.
 
 Timing is interleaved: each round times every variant once, in an order rotated from round to
 round, so that load changes on a shared machine hit all variants alike; times are medians over
@@ -81,6 +81,8 @@ from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 
 from basicsr_iln.archs.norms import build_branch_norm, residual_add  # noqa: E402
+from basicsr_iln.models.ir_model import adam_kwargs  # noqa: E402
+from basicsr_iln.presets import backbone_kwargs  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from make_quickstart_dataset import TRAIN_PHOTOS, load_photo  # noqa: E402
 from prepare_sr import bicubic_downsample, crop_starts, list_images, make_lmdb, read_image, write_png  # noqa: E402
@@ -104,12 +106,23 @@ PEAK_TFLOPS = {'H100': {'fp32': 67.0, 'bf16': 989.0}, 'H200': {'fp32': 67.0, 'bf
 
 
 def network_kwargs(args, arch):
-    kwargs = dict(upscale=SCALE, in_chans=3, img_size=args.train_size, window_size=args.window, img_range=1.0,
-                  depths=args.depths, embed_dim=args.embed_dim, num_heads=args.heads, mlp_ratio=2,
-                  upsampler='pixelshuffle', resi_connection='1conv')
+    """The x2 classical-SR network of ``arch``: its released size (presets.SIZES) with ``--released``, else the
+    small config of the size options (HAT with compress_ratio 3, squeeze_factor 16)."""
+    kwargs = dict(upscale=SCALE, in_chans=3, img_size=args.train_size)
+    if args.released:
+        return {**kwargs, **backbone_kwargs(arch, 'SR')}
+    kwargs.update(window_size=args.window, img_range=1.0, depths=args.depths, embed_dim=args.embed_dim,
+                  num_heads=args.heads, mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv')
     if arch == 'HAT':
         kwargs.update(compress_ratio=3, squeeze_factor=16)
     return kwargs
+
+
+def config_text(args):
+    if args.released:
+        return f'x2 pixelshuffle, the released size of each arch ({", ".join(args.archs)}; basicsr_iln/presets.py)'
+    return (f'x2 pixelshuffle, embed_dim {args.embed_dim}, depths {args.depths}, heads {args.heads}, '
+            f'window {args.window}')
 
 
 def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
@@ -157,7 +170,8 @@ class Bench:
         self.net = build(args, variant[:2], device)
         if compiled(variant):  # static shapes, as option `compile` defaults to (dynamic tracing hangs)
             self.net = torch.compile(self.net, dynamic=False)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-4)
+        params = list(self.net.parameters())  # the Adam IRModel trains with, for every variant alike
+        self.optimizer = torch.optim.Adam(params, lr=1e-4, **adam_kwargs(params, {}))
         gen = torch.Generator().manual_seed(1)
         self.lq = torch.rand(args.batch, 3, args.train_size, args.train_size, generator=gen).to(device)
         self.gt = torch.rand(args.batch, 3, SCALE * args.train_size, SCALE * args.train_size, generator=gen).to(device)
@@ -391,8 +405,7 @@ def benchmark(args, device):
 
     mem_kind = 'max_memory_allocated' if device.type == 'cuda' else 'torch.profiler allocations'
     lines = [f'### {device.type.upper()}: {hardware(device)}', '',
-             f'Config: x2 pixelshuffle, embed_dim {args.embed_dim}, depths {args.depths}, heads {args.heads}, '
-             f'window {args.window}; training batch {args.batch} x {args.train_size}^2 LR, inference 1 x '
+             f'Config: {config_text(args)}; training batch {args.batch} x {args.train_size}^2 LR, inference 1 x '
              f'{args.infer_size}^2 LR; {args.precision}; {args.repeats} interleaved rounds after {args.warmup} '
              f'warm-up. FLOPs: FlopCounterMode (matmul, conv, attention only); peak for MFU: '
              f'{f"{peak:g} TFLOP/s" if peak else "-"} ({peak_source}).', '',
@@ -570,6 +583,8 @@ def main(argv=None):
     parser.add_argument('--depths', type=int, nargs='+', default=[2, 2])
     parser.add_argument('--heads', type=int, nargs='+', default=[2, 2])
     parser.add_argument('--window', type=int, default=8)
+    parser.add_argument('--released', action='store_true', help="each arch at its released size instead of "
+                        '--embed-dim/--depths/--heads/--window (--train-size: a multiple of its window)')
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--threads', type=int, default=1, help='CPU threads (1: least disturbed by other load)')

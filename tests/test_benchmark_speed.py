@@ -13,7 +13,10 @@ import torch.nn.functional as F
 from helpers import REPO, real_photos, run_python
 
 sys.path.insert(0, str(REPO / 'scripts'))
-from benchmark_speed import counted_flops, known_peak_tflops, peak_tflops, throughput_cells  # noqa: E402
+from benchmark_speed import (ARCH_TYPES, counted_flops, known_peak_tflops, network_kwargs, peak_tflops,  # noqa: E402
+                             throughput_cells)
+
+from basicsr_iln.presets import size_of
 
 BENCHMARK = [REPO / 'scripts' / 'benchmark_speed.py']
 TINY = ['--devices', 'cpu', '--repeats', '1', '--warmup', '0', '--embed-dim', '16', '--depths', '1', '--heads', '2',
@@ -48,6 +51,13 @@ def test_mfu_is_achieved_over_peak_and_the_peak_comes_from_the_flag_or_the_datas
     cpu = torch.device('cpu')
     assert peak_tflops(SimpleNamespace(peak_tflops=None, precision='fp32'), cpu) == (None, 'unknown')
     assert peak_tflops(SimpleNamespace(peak_tflops=1.5, precision='fp32'), cpu) == (1.5, '--peak-tflops')
+
+
+@pytest.mark.parametrize('arch', list(ARCH_TYPES))
+def test_released_networks_are_the_released_sizes_and_the_small_one_is_not(arch):
+    args = SimpleNamespace(released=True, train_size=48, window=8, depths=[2, 2], embed_dim=48, heads=[2, 2])
+    assert size_of(arch, network_kwargs(args, arch)) == arch  # presets.SIZES: SwinIR(-M), HAT, DRCT
+    assert size_of(arch, network_kwargs(SimpleNamespace(**{**vars(args), 'released': False}), arch)) is None
 
 
 @pytest.mark.slow

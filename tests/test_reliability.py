@@ -219,8 +219,10 @@ def test_nan_loss_is_skipped_and_logged(model, warnings):
     before = snapshot(model)
     train_step(model, 2, nan=True)
     assert same(snapshot(model), before)  # no weight, EMA or Adam moment changed
+    model.get_current_log()
     assert 'non-finite l_pix at iter 2 (1 in a row); step skipped' in warnings.text
     train_step(model, 3)
+    model.get_current_log()
     assert model.nonfinite_streak == 0
     assert not same(snapshot(model)['net'], before['net'])
 
@@ -230,15 +232,20 @@ def test_nan_gradient_is_named(model, warnings):
     weight.register_hook(lambda grad: grad * float('nan'))
     before = snapshot(model)
     train_step(model, 1)
+    model.get_current_log()
     assert 'non-finite gradients at iter 1 (1 in a row, first in conv_first.weight); step skipped' in warnings.text
     assert same(snapshot(model)['net'], before['net'])
 
 
-def test_nonfinite_patience_stops_training(model):
-    train_step(model, 1, nan=True)
-    train_step(model, 2, nan=True)
+@pytest.mark.parametrize('read', ['log', 'save'])
+def test_nonfinite_patience_stops_training(model, read):
+    """Steps skipped on the device are counted when their checks are read back: with the log, or before a
+    checkpoint is written (and then none is)."""
+    for it in (1, 2, 3):
+        train_step(model, it, nan=True)
     with pytest.raises(NonFiniteTrainingError, match=r'non-finite l_pix at iter 3 \(3 in a row\).*nonfinite_patience'):
-        train_step(model, 3, nan=True)
+        model.get_current_log() if read == 'log' else model.save(0, 3)
+    assert complete_checkpoint_iters(model.opt['path']['models'], model.opt['path']['training_states']) == []
 
 
 def test_nan_weights_are_never_saved(model):

@@ -1,6 +1,7 @@
 """One optimizer step per iteration: gradient accumulation (``train.global_batch_size``), gradient clipping
 (``train.grad_clip_norm``) and the one-reduction non-finite gradient check, on IRModel and through the
 real train CLI (single process and 2-process DDP on gloo)."""
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -11,8 +12,9 @@ import pytest
 import torch
 from basicsr.models import build_model
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from basicsr_iln.models.ir_model import grad_clip_option, total_norm
+from basicsr_iln.models.ir_model import MAX_PENDING_CHECKS, grad_clip_option, gradient_norms
 from basicsr_iln.utils.batching import describe_global_batch, micro_batches_per_step
 from basicsr_iln.utils.dist import close_dist
 from basicsr_iln.utils.errors import ConfigError
@@ -114,8 +116,9 @@ def test_accumulated_micro_batches_update_like_one_large_batch(tiny_sr_data, tmp
         step(large, batch, 1, it)
         step(accumulated, batch, 2, it)
         assert_relatively_close(grads(accumulated), grads(large))
-        assert accumulated.log_dict['l_pix'] == pytest.approx(large.log_dict['l_pix'], rel=1e-5)
-        assert accumulated.log_dict['grad_norm'] == pytest.approx(large.log_dict['grad_norm'], rel=1e-5)
+        accumulated_log, large_log = accumulated.get_current_log(), large.get_current_log()
+        assert accumulated_log['l_pix'] == pytest.approx(large_log['l_pix'], rel=1e-5)
+        assert accumulated_log['grad_norm'] == pytest.approx(large_log['grad_norm'], rel=1e-5)
     assert_relatively_close(weights(accumulated), weights(large))
     assert_relatively_close(weights(accumulated, ema=True), weights(large, ema=True))
     assert not same(weights(large), weights(build(tmp_path, tiny_sr_data, 'fresh', batch=4)))  # it did train
@@ -148,14 +151,23 @@ def test_gradient_clipping_equals_clip_grad_norm_then_the_step(tiny_sr_data, tmp
     reference.optimizer_g.step()
 
     assert raw_norm > 1e-2  # the clip is active
-    assert clipped.log_dict['grad_norm'] == pytest.approx(raw_norm, rel=1e-6)  # logged before clipping
+    assert clipped.get_current_log()['grad_norm'] == pytest.approx(raw_norm, rel=1e-6)  # logged before clipping
     assert_relatively_close(grads(clipped), grads(reference))
     # torch's clip coefficient is max_norm / (norm + 1e-6): the clipped norm falls just short of max_norm.
-    assert float(total_norm(list(grads(clipped).values()))) == pytest.approx(1e-3 * raw_norm / (raw_norm + 1e-6),
+    assert float(gradient_norms(list(grads(clipped).values()))[0]) == pytest.approx(1e-3 * raw_norm / (raw_norm + 1e-6),
                                                                              rel=1e-5)
     assert_relatively_close(weights(clipped), weights(reference))
-    update = total_norm([after - before[k] for k, after in weights(clipped).items() if after.is_floating_point()])
+    update, _ = gradient_norms([after - before[k] for k, after in weights(clipped).items() if after.is_floating_point()])
     assert float(update) == pytest.approx(1e-3, rel=1e-3)  # lr / eps x the clipped gradient
+
+
+def test_gradient_norms_give_the_total_and_the_first_nonfinite_tensor():
+    finite, nan, inf = torch.tensor([3.0, 4.0]), torch.tensor([1.0, float('nan')]), torch.tensor([float('inf')])
+    assert [float(v) for v in gradient_norms([finite, torch.zeros(2, 2)])] == [5.0, -1]
+    total, first = gradient_norms([finite, nan, inf])
+    assert math.isnan(float(total)) and int(first) == 1
+    assert [float(v) for v in gradient_norms([finite, inf])] == [math.inf, 1]
+    assert [float(v) for v in gradient_norms([])] == [0.0, -1]
 
 
 @pytest.mark.parametrize('value, must', [(0, '> 0'), (-1.0, '> 0'), (float('nan'), 'a finite number'),
@@ -170,42 +182,101 @@ def test_bad_grad_clip_norm_is_a_config_error(value, must):
 
 
 
-def host_reads(monkeypatch, model):
-    """Sizes of the tensors read back to the host (item, tolist, float, bool) outside the optimizer's step
-    (torch's Adam reads its CPU step counters, which are no device sync)."""
-    reads, counting = [], [True]
-    for method in ('item', 'tolist', '__float__', '__bool__'):
-        original = getattr(torch.Tensor, method)
-        monkeypatch.setattr(torch.Tensor, method, lambda t, *a, _f=original: (
-            counting[0] and reads.append(t.numel())) or _f(t, *a))
-    optimizer_step = model.optimizer_g.step
+class HostReads(TorchDispatchMode):
+    """Sizes of the tensors read back to the host while active: scalar reads (item, bool, float, and torch's
+    own conversions of a tensor to a Scalar argument, e.g. a tensor weight of ``_foreach_lerp_``) and
+    ``tolist``. On CUDA each is a sync."""
 
-    def step_uncounted(*args, **kwargs):
-        counting[0] = False
-        try:
-            return optimizer_step(*args, **kwargs)
-        finally:
-            counting[0] = True
+    def __init__(self, monkeypatch):
+        super().__init__()
+        self.sizes, self.active = [], False
+        original = torch.Tensor.tolist
+        monkeypatch.setattr(torch.Tensor, 'tolist', lambda t: (self.active and self.sizes.append(t.numel()))
+                            or original(t))
 
-    monkeypatch.setattr(model.optimizer_g, 'step', step_uncounted)
-    return reads
+    def __enter__(self):
+        self.active = True
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        self.active = False
+        return super().__exit__(*exc_info)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.sizes.append(args[0].numel())
+        return func(*args, **(kwargs or {}))
 
 
-def test_a_step_reads_the_device_once_and_names_a_nonfinite_parameter(tiny_sr_data, tmp_path, monkeypatch, warnings):
-    model = build(tmp_path, tiny_sr_data, 'checks', batch=2, global_batch_size=4)
-    reads = host_reads(monkeypatch, model)
+def test_a_fused_adam_step_reads_nothing_back_and_the_log_reads_the_pending_steps_once(tiny_sr_data, tmp_path,
+                                                                                       monkeypatch, warnings):
+    model = build(tmp_path, tiny_sr_data, 'checks', batch=2, global_batch_size=4, grad_clip_norm=1e-3)
+    assert model.optimizer_g.param_groups[0]['fused']  # IRModel's default Adam
     first, second = batches(2)
-    step(model, first, 2, 1)
-    assert reads == [2]  # one copy of the loss and the total gradient norm: the checks and the log's values
-    assert set(model.log_dict) == {'l_pix', 'grad_norm'} and all(type(v) is float for v in model.log_dict.values())
-
+    reads = HostReads(monkeypatch)
+    with reads:
+        step(model, first, 2, 1)
+    assert reads.sizes == []  # the step with its checks, clipping and EMA read nothing back: no sync
     bare = model.get_bare_model(model.net_g)
     bare.layers[0].residual_group.blocks[1].mlp.fc2.weight.register_hook(lambda grad: grad * float('nan'))
-    before = weights(model)
-    step(model, second, 2, 2)
-    assert same(weights(model), before)
+    before = weights(model), weights(model, ema=True), model.optimizer_g.state_dict()['state'][0]['step'].clone()
+    with reads:
+        step(model, second, 2, 2)
+    assert reads.sizes == []
+    assert same(weights(model), before[0]) and same(weights(model, ema=True), before[1])  # skipped on the device
+    assert model.optimizer_g.state_dict()['state'][0]['step'] == before[2] == 1
+    assert 'non-finite' not in warnings.text  # reported when the log is read
+
+    with reads:
+        log = model.get_current_log()
+    assert reads.sizes == [2 * 3]  # one copy: the loss, the gradient norm and the first bad parameter of both steps
+    assert set(log) == {'l_pix', 'grad_norm'} and all(type(v) is float for v in log.values())
     assert ('non-finite gradients at iter 2 (1 in a row, first in layers.0.residual_group.blocks.1.mlp.fc2.weight); '
             'step skipped') in warnings.text
+    assert model.nonfinite_streak == 1 and math.isnan(log['grad_norm'])  # the last step's
+
+
+def test_an_unfused_adam_step_reads_its_checks_at_once(tiny_sr_data, tmp_path, monkeypatch, warnings):
+    """``optim_g.fused: false`` (or a training state of another Adam implementation) cannot skip on the device:
+    the host reads the checks and decides, once per step, as do fp16 runs (the scaler decides there)."""
+    model = build(tmp_path, tiny_sr_data, 'unfused', optim_g={'type': 'Adam', 'lr': 2e-4, 'fused': False})
+    assert not model.optimizer_g.param_groups[0]['fused']
+    first, second = batches(2, size=2)
+    reads = HostReads(monkeypatch)
+    with reads:
+        step(model, first, 1, 1)
+    assert 3 in reads.sizes and model.log_dict['grad_norm'] > 0  # read at once (torch's Adam reads its counters too)
+    model.get_bare_model(model.net_g).conv_first.weight.register_hook(lambda grad: grad * float('nan'))
+    before = weights(model)
+    step(model, second, 1, 2)
+    assert same(weights(model), before)
+    assert 'non-finite gradients at iter 2 (1 in a row, first in conv_first.weight); step skipped' in warnings.text
+
+
+def test_fp16_training_leaves_an_overflow_to_the_scaler(tiny_sr_data, tmp_path, warnings):
+    """fp16 (CPU autocast here): an overflow of the scaled gradients is routine; the scaler skips the step and
+    halves its scale, with no warning and no count against the patience."""
+    model = build(tmp_path, tiny_sr_data, 'fp16', batch=2, precision='fp16')
+    first, second = batches(2, size=2)
+    step(model, first, 1, 1)
+    scale = model.grad_scaler.get_scale()
+    model.get_bare_model(model.net_g).conv_first.weight.register_hook(lambda grad: grad * float('inf'))
+    before = weights(model)
+    step(model, second, 1, 2)
+    assert same(weights(model), before) and model.grad_scaler.get_scale() == scale / 2
+    assert model.log_dict['grad_norm'] != model.log_dict['grad_norm'] or math.isinf(model.log_dict['grad_norm'])
+    assert 'non-finite' not in warnings.text and model.nonfinite_streak == 0
+
+
+def test_pending_checks_are_read_after_at_most_max_pending_steps(tiny_sr_data, tmp_path, monkeypatch):
+    model = build(tmp_path, tiny_sr_data, 'pending', batch=2)
+    [batch] = batches(1, size=2)
+    monkeypatch.setattr('basicsr_iln.models.ir_model.MAX_PENDING_CHECKS', 3)
+    for it in range(1, 4):
+        assert len(model.pending_checks) == it - 1
+        step(model, batch, 1, it)
+    assert model.pending_checks == [] and model.log_dict['grad_norm'] > 0
+    assert MAX_PENDING_CHECKS == 100
 
 
 def test_a_nan_in_one_micro_batch_skips_the_whole_step(tiny_sr_data, tmp_path, warnings):
@@ -213,8 +284,10 @@ def test_a_nan_in_one_micro_batch_skips_the_whole_step(tiny_sr_data, tmp_path, w
     before = weights(model)
     step(model, batches(1, nan_at=(0, 0))[0], 2, 1)  # image 0: in the first micro-batch
     assert same(weights(model), before) and same(weights(model, ema=True), weights(model))
+    model.get_current_log()
     assert 'non-finite l_pix at iter 1 (1 in a row); step skipped' in warnings.text
     step(model, batches(1)[0], 2, 2)
+    model.get_current_log()
     assert model.nonfinite_streak == 0 and not same(weights(model), before)
 
 
@@ -292,7 +365,7 @@ def test_cli_gradient_clipping_logs_the_norm_and_bounds_each_step(tiny_sr_data, 
     assert sorted(norms) == list(range(1, TOTAL_ITER + 1)) and min(norms.values()) > 2e-2
     for it in range(1, TOTAL_ITER):
         old, new = (torch.load(exp / 'models' / f'net_g_{i}.pth', weights_only=True)['params'] for i in (it, it + 1))
-        moved = total_norm([new[k] - old[k] for k in new if new[k].is_floating_point()])
+        moved, _ = gradient_norms([new[k] - old[k] for k in new if new[k].is_floating_point()])
         assert float(moved) == pytest.approx(1e-2, rel=1e-3), it
 
 

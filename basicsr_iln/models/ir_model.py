@@ -13,11 +13,12 @@ What it changes, and why:
 * option ``compile`` (true, or torch.compile arguments) compiles the trained network; checkpoints,
   EMA and evaluation use the original module, so saved keys and test-time shapes are unaffected;
 * ``val.self_ensemble: true`` averages the outputs for the 8 flips/rotations at test time;
-* a non-finite loss or gradient is detected (one total-norm reduction, read back with the losses in
-  the step's one device-to-host copy), logged with the
-  iteration and the loss name (or the first parameter with a non-finite gradient), and the step
-  skipped; ``train.nonfinite_patience`` consecutive cases stop training with a clear error,
-  so no checkpoint with NaN weights is ever written;
+* Adam is fused by default (``get_optimizer``);
+* a non-finite loss or gradient is detected (one fused norm reduction), logged with the iteration and
+  the loss name (or the first parameter with a non-finite gradient), and the step skipped; with the
+  fused Adam the step is skipped on the device and the checks read back with the log, so a step has no
+  host sync (``optimize_parameters``); ``train.nonfinite_patience`` consecutive cases stop training with
+  a clear error, so no checkpoint with NaN weights is ever written;
 * ``train.grad_clip_norm`` clips the total gradient norm (logged as ``grad_norm`` before clipping);
   ``train.global_batch_size`` accumulates several micro-batches per optimizer step
   (``accumulate_gradients``, then ``optimize_parameters``; see utils/batching.py);
@@ -36,6 +37,7 @@ import random
 import sys
 from collections import OrderedDict
 from os import path as osp
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +61,10 @@ from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 from basicsr_iln.utils.inference import restore
 from basicsr_iln.utils.network_config import NETWORK_CONFIG_KEY, check_network_builds, network_config
 from basicsr_iln.utils.schema import read_option, resolve_option
+
+FUSED_ADAM_DEVICES = ('cpu', 'cuda')  # where torch has a fused Adam kernel
+MAX_PENDING_CHECKS = 100  # steps taken on the device whose checks are read back at the latest together
+
 
 def precision_dtype(name, key):
     if name not in FLOAT_DTYPES:
@@ -92,13 +98,43 @@ def grad_clip_option(train_opt):
     return None if value is None else float(value)
 
 
-def total_norm(tensors):
-    """L2 norm of all ``tensors`` together in one fused reduction, without a host sync: a per-tensor
-    check is one kernel and one sync per parameter (862 for HAT). Non-finite if any element is (or if
-    the norm overflows float32, which needs elements of ~1e19: no usable step has them)."""
-    if not tensors:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+def adam_kwargs(params, kwargs):
+    """``optim_g``'s Adam arguments, with ``fused: true`` unless they set ``fused`` or ``foreach``. Our choice:
+    the same update as torch's default Adam in one kernel over all tensors instead of one chain of ops per
+    tensor (862 of them for HAT), and it can skip a step on the device (``IRModel.optimize_parameters``)."""
+    if {'fused', 'foreach'} & set(kwargs) or not all(p.device.type in FUSED_ADAM_DEVICES for p in params):
+        return kwargs
+    return {**kwargs, 'fused': True}
+
+
+def gradient_norms(grads):
+    """(total L2 norm, index of the first tensor whose norm is non-finite, else -1) of ``grads``, on their
+    device, from one fused per-tensor reduction: no host sync, where a per-tensor ``isfinite`` check is one
+    kernel and one sync per parameter (862 for HAT). The total is non-finite if any element is (or if it
+    overflows float32, which needs elements of ~1e19: no usable step has them)."""
+    if not grads:
+        return torch.zeros(()), torch.full((), -1)
+    norms = torch.stack(torch._foreach_norm(grads))
+    bad = ~torch.isfinite(norms)
+    return torch.linalg.vector_norm(norms), torch.where(bad.any(), bad.int().argmax(), -1)
+
+
+class StepCheck(NamedTuple):
+    """One optimizer step's checks, on the device: ``values`` holds its losses (``loss_names``), the total
+    gradient norm and the index into ``param_names`` of the first parameter whose gradient norm is non-finite
+    (-1: none)."""
+    current_iter: int
+    loss_names: tuple
+    param_names: list
+    values: torch.Tensor
+
+    @property
+    def grad_norm(self):
+        return self.values[-2]
+
+    @property
+    def finite(self):
+        return torch.isfinite(self.values[:-1]).all()
 
 
 def rank_share_loader(dataset, rank, world_size):
@@ -166,6 +202,13 @@ class IRModel(SRModel):
         self.micro_batches = micro_batches_per_step(self.opt)
         self.accumulated = 0  # micro-batches of the coming step whose gradients are already summed
         self.step_losses = OrderedDict()
+        self.pending_checks = []  # StepChecks of steps taken on the device, not yet read back
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        """BasicSR's optimizer, an Adam fused by default (``adam_kwargs``)."""
+        params = list(params)
+        return super().get_optimizer(optim_type, params, lr, **(adam_kwargs(params, kwargs) if optim_type == 'Adam'
+                                                                  else kwargs))
 
     def compute_losses(self):
         """Forward pass and the weighted losses, as an ordered dict name -> loss tensor."""
@@ -205,60 +248,107 @@ class IRModel(SRModel):
 
     def optimize_parameters(self, current_iter):
         """Backward of the fed (last) micro-batch, then one optimizer step on the summed gradients: unscale
-        (fp16), non-finite check, clipping (``train.grad_clip_norm``), step, EMA."""
+        (fp16), non-finite check, clipping (``train.grad_clip_norm``), step, EMA.
+
+        With a fused Adam (the default) and no fp16 scaler the step has no host sync: a non-finite loss or
+        gradient makes the fused kernel and the EMA skip the step on the device, and the step's checks are
+        read back, logged and counted against ``train.nonfinite_patience`` when the log is read
+        (``get_current_log``, every ``logger.print_freq`` iterations), before a checkpoint is saved, or
+        after MAX_PENDING_CHECKS steps. Otherwise the checks are read back at once, and the host skips."""
         if self.accumulated != self.micro_batches - 1:
             raise RuntimeError(f'optimize_parameters after {self.accumulated} accumulate_gradients calls: a step '
                                f'of {self.micro_batches} micro-batches needs {self.micro_batches - 1}')
         self._backward_micro_batch()
         self.accumulated = 0
         self.grad_scaler.unscale_(self.optimizer_g)
-        grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
-        losses, grad_norm = self._step_values(grads)
-        bad = [name for name, value in losses.items() if not math.isfinite(value)]
-        if not bad and not math.isfinite(grad_norm):
-            bad = ['gradients']
-        if bad == ['gradients'] and self.grad_scaler.is_enabled():
-            # fp16 overflow of the scaled gradients is routine: the scaler skips the step and backs off.
-            self.grad_scaler.step(self.optimizer_g)
-            self.grad_scaler.update()
-        elif bad:
-            self._skip_nonfinite_step(current_iter, bad)
-        else:
-            self.nonfinite_streak = 0
-            if self.grad_clip_norm is not None and grad_norm > self.grad_clip_norm:
-                torch._foreach_mul_(grads, self.grad_clip_norm / (grad_norm + 1e-6))  # clip_grad_norm_'s factor
-            self.grad_scaler.step(self.optimizer_g)
-            self.grad_scaler.update()
+        named_grads = [(name, p.grad) for name, p in self.get_bare_model(self.net_g).named_parameters()
+                       if p.grad is not None]
+        check = self._check_step(current_iter, named_grads)
+        grads = [grad for _, grad in named_grads]
+        if self._skips_on_device():
+            finite = check.finite
+            self._clip(grads, check.grad_norm)
+            self.optimizer_g.found_inf = (~finite).float()  # read by the fused kernel: 1.0 skips the step
+            try:
+                self.optimizer_g.step()
+            finally:
+                del self.optimizer_g.found_inf
             if self.ema_decay > 0:
-                self.model_ema(decay=self.ema_decay)
-        self.log_dict = OrderedDict(losses)
-        self.log_dict['grad_norm'] = grad_norm  # before clipping; under DDP, of the all-reduced gradients
+                self.model_ema(decay=self.ema_decay, where=finite)
+            self.pending_checks.append(check)
+            if len(self.pending_checks) >= MAX_PENDING_CHECKS:
+                self.report_checks()
+            return
+        [outcome] = self._report([check])
+        if outcome == 'skip':
+            self.optimizer_g.zero_grad(set_to_none=True)
+            return
+        if outcome == 'step':
+            self._clip(grads, check.grad_norm)
+        # 'overflow': fp16's routine overflow of the scaled gradients; the scaler skips the step and backs off.
+        self.grad_scaler.step(self.optimizer_g)
+        self.grad_scaler.update()
+        if outcome == 'step' and self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
 
-    def _step_values(self, grads):
-        """({loss name: value}, total gradient norm) of the step as Python floats, from one device-to-host
-        copy: the only sync of the step's checks and logging (BasicSR's ``reduce_loss_dict`` syncs once per
-        loss). Under DDP the losses are averaged over the ranks by one all-reduce, so every rank sees the
-        same values and skips, rescales (fp16) and counts the non-finite streak alike (a non-finite loss on
-        any rank makes the average non-finite); the gradients are already all-reduced."""
+    def _skips_on_device(self):
+        """Whether a step can be skipped without reading its checks: the optimizer takes ``found_inf`` (fused
+        Adam: not a state resumed from another implementation) and there is no fp16 scaler deciding on it."""
+        return not self.grad_scaler.is_enabled() and all(g.get('fused') for g in self.optimizer_g.param_groups)
+
+    def _check_step(self, current_iter, named_grads):
+        """The step's ``StepCheck``, computed on the device. Under DDP the losses are averaged over the ranks by
+        one all-reduce, so that every rank skips, rescales (fp16) and counts the non-finite streak alike (a
+        non-finite loss on any rank makes the average non-finite); the gradients are already all-reduced."""
         losses = torch.stack([value.float().mean() for value in self.step_losses.values()])
         if self.opt['dist']:
             dist.all_reduce(losses)
             losses /= self.opt['world_size']
-        *loss_values, grad_norm = torch.cat([losses, total_norm(grads).reshape(1).to(losses)]).tolist()
-        return OrderedDict(zip(self.step_losses, loss_values)), grad_norm
+        grad_norm, first_bad = gradient_norms([grad for _, grad in named_grads])
+        values = torch.cat([losses, grad_norm.reshape(1).to(losses), first_bad.reshape(1).to(losses)])
+        return StepCheck(current_iter, tuple(self.step_losses), [name for name, _ in named_grads], values)
 
-    def _first_nonfinite_gradient(self):
-        """Name of the first parameter whose gradient is non-finite (searched only once a step is skipped)."""
-        return next((name for name, p in self.get_bare_model(self.net_g).named_parameters()
-                     if p.grad is not None and not torch.isfinite(p.grad).all()), None)
+    def _clip(self, grads, grad_norm):
+        """``torch.nn.utils.clip_grad_norm_``'s scaling, by a factor computed on the device (1 below the limit)."""
+        if self.grad_clip_norm is not None and grads:
+            torch._foreach_mul_(grads, (self.grad_clip_norm / (grad_norm + 1e-6)).clamp(max=1.0))
 
-    def _skip_nonfinite_step(self, current_iter, bad):
+    def report_checks(self):
+        """Read back the checks of the steps taken on the device since the last report (one copy), log their
+        non-finite steps and count them against ``train.nonfinite_patience``."""
+        checks, self.pending_checks = self.pending_checks, []
+        if checks:
+            self._report(checks)
+
+    def _report(self, checks):
+        """Host side of ``checks`` (in step order): the log values of the last one, a warning for each skipped
+        step, the non-finite streak; raises NonFiniteTrainingError once it reaches the patience. Returns each
+        step's outcome: 'step', 'skip' (non-finite), or 'overflow' (fp16 scaler's routine overflow)."""
+        rows = torch.stack([check.values for check in checks]).tolist()
+        outcomes = []
+        for check, (*loss_values, grad_norm, first_bad) in zip(checks, rows):
+            losses = OrderedDict(zip(check.loss_names, loss_values))
+            bad = [name for name, value in losses.items() if not math.isfinite(value)]
+            if not bad and not math.isfinite(grad_norm):
+                bad = ['gradients']
+            self.log_dict = OrderedDict(losses)
+            self.log_dict['grad_norm'] = grad_norm  # before clipping; under DDP, of the all-reduced gradients
+            if bad == ['gradients'] and self.grad_scaler.is_enabled():
+                outcomes.append('overflow')
+            elif bad:
+                outcomes.append('skip')
+                where = ''
+                if bad == ['gradients']:
+                    where = (f', first in {check.param_names[int(first_bad)]}' if first_bad >= 0 else
+                             ', finite but their total norm overflows float32')
+                self._count_nonfinite(check.current_iter, bad, where)
+            else:
+                outcomes.append('step')
+                self.nonfinite_streak = 0
+        return outcomes
+
+    def _count_nonfinite(self, current_iter, bad, where):
         self.nonfinite_streak += 1
-        where = ''
-        if bad == ['gradients']:
-            name = self._first_nonfinite_gradient()
-            where = f', first in {name}' if name else ', finite but their total norm overflows float32'
-        self.optimizer_g.zero_grad(set_to_none=True)
         message = (f'non-finite {", ".join(bad)} at iter {current_iter} '
                    f'({self.nonfinite_streak} in a row{where}); step skipped')
         get_root_logger().warning(message)
@@ -266,6 +356,11 @@ class IRModel(SRModel):
             raise NonFiniteTrainingError(f'{message}; stopping after {self.nonfinite_patience} consecutive '
                                          'non-finite steps (option train.nonfinite_patience). The last '
                                          'checkpoint on disk is from before the divergence.')
+
+    def get_current_log(self):
+        """The last step's losses and ``grad_norm``, after reading back the pending steps' checks."""
+        self.report_checks()
+        return super().get_current_log()
 
     def model_to_device(self, net):
         net = net.to(self.device)
@@ -293,9 +388,10 @@ class IRModel(SRModel):
         return getattr(net, '_orig_mod', net)
 
     @torch.no_grad()
-    def model_ema(self, decay=0.999):
+    def model_ema(self, decay=0.999, where=None):
         """``net_g_ema = decay * net_g_ema + (1 - decay) * net_g`` for the parameters AND the floating-point
         buffers; other buffers (BatchNorm's num_batches_tracked) are copied; ``decay=0`` copies everything.
+        ``where``: a bool tensor on the device; where false, nothing changes (a step skipped on the device).
 
         BasicSR averages parameters only, which leaves the EMA network's BatchNorm statistics at 0/1 while
         validation and testing run that network. Averaging them with the weights' decay (as timm's
@@ -307,9 +403,15 @@ class IRModel(SRModel):
         for name, tensor in self.net_g_ema.state_dict(keep_vars=True).items():
             (averaged if tensor.is_floating_point() else copied).append((tensor, sources[name]))
         ema_tensors, net_tensors = zip(*averaged)
-        torch._foreach_lerp_(list(ema_tensors), list(net_tensors), 1 - decay)
+        ema_tensors, net_tensors = list(ema_tensors), list(net_tensors)
+        if where is None:
+            torch._foreach_lerp_(ema_tensors, net_tensors, 1 - decay)
+        else:  # a tensor weight for lerp would be read back to the host; a step times 0 keeps the EMA exactly
+            steps = torch._foreach_sub(net_tensors, ema_tensors)
+            torch._foreach_mul_(steps, where.float() * (1 - decay))
+            torch._foreach_add_(ema_tensors, steps)
         for tensor, source in copied:
-            tensor.copy_(source)
+            tensor.copy_(source if where is None else torch.where(where, source, tensor))
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
         net = self.get_bare_model(net)
@@ -322,8 +424,11 @@ class IRModel(SRModel):
         return net_opt['type'] + '(' + ', '.join(f'{k}={v}' for k, v in net_opt.items() if k != 'type') + ')'
 
     def save(self, epoch, current_iter):
-        """SRModel.save (networks, then training state), refusing non-finite weights; then only the newest
-        ``logger.keep_last_checkpoints`` complete checkpoints are kept (all if unset, as BasicSR)."""
+        """SRModel.save (networks, then training state), after the pending steps' checks are read (a run that
+        ran out of ``train.nonfinite_patience`` stops first) and refusing non-finite weights; then only the
+        newest ``logger.keep_last_checkpoints`` complete checkpoints are kept (all if unset, as BasicSR)."""
+        if self.is_train:
+            self.report_checks()
         self._check_finite_weights(current_iter)
         super().save(epoch, current_iter)
         keep = self.opt['logger'].get('keep_last_checkpoints')
