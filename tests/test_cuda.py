@@ -1,8 +1,10 @@
 """CUDA: the GPU path computes what the CPU path computes (skipped without CUDA; run by scripts/device_check.sh).
 
 What only CUDA exercises: SDPA's fused kernels with the additive bias (with a gradient for it), bf16/fp16
-autocast of whole training steps, and the chunked inference on GPU memory.
+autocast of whole training steps, the chunked inference on GPU memory, and training steps without host syncs.
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -76,3 +78,35 @@ def test_chunked_inference_bounds_cuda_memory():
         torch.cuda.synchronize()
         peaks[budget] = torch.cuda.max_memory_allocated() - base
     assert peaks[256] < peaks[0]
+
+
+@pytest.mark.parametrize('precision', ['fp32', 'bf16'])
+def test_a_training_step_never_syncs_with_the_host(tiny_sr_data, tmp_path, precision):
+    """CUDA's sync debug mode raises on any synchronizing call (``.item()``, a blocking copy to the host, a
+    tensor read as a Python number): the whole step (forward, backward, checks, clipping, fused Adam, EMA) has
+    none, including a step with a NaN gradient, which is skipped on the device and reported with the log."""
+    from basicsr.models import build_model
+    from basicsr_iln.utils.options import parse_options
+    from helpers import tiny_train_options, write_yaml
+
+    opt = tiny_train_options(tiny_sr_data, 'nosync')
+    opt['num_gpu'] = 1
+    opt['train'].update(precision=precision, grad_clip_norm=1e-2)
+    opt, _ = parse_options(str(tmp_path), is_train=True, argv=['-opt', str(write_yaml(tmp_path / 'n.yml', opt))])
+    model = build_model(opt)
+    gen = torch.Generator().manual_seed(0)
+    data = {'lq': torch.rand(2, 3, 16, 16, generator=gen), 'gt': torch.rand(2, 3, 32, 32, generator=gen)}
+    model.feed_data(data)  # the copy to the GPU blocks on pageable memory: outside the checked region
+    weight = model.get_bare_model(model.net_g).conv_first.weight
+    for it, hook in ((1, None), (2, weight.register_hook(lambda grad: grad * float('nan')))):
+        torch.cuda.set_sync_debug_mode('error')
+        try:
+            model.optimize_parameters(it)
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+        if hook is not None:
+            hook.remove()
+        model.feed_data(data)
+    log = model.get_current_log()
+    assert model.nonfinite_streak == 1 and math.isnan(log['grad_norm'])
+    assert all(torch.isfinite(p).all() for p in model.get_bare_model(model.net_g).parameters())
