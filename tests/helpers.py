@@ -3,6 +3,7 @@ import functools
 import gzip
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -174,6 +175,41 @@ def fork_is_usable():
         finally:
             os._exit(code)
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def in_fork(fn):
+    """``fn()`` in a forked child with one torch thread, its return value sent back pickled; an exception there
+    fails here with the child's traceback. For tests that run torch.compile with autograd (even a forward under
+    grad mode: AOTAutograd traces the backward then) or torch.export in this process: both start autograd's
+    worker threads, after which torch refuses autograd in every later fork of this process, so that each later
+    ``run_python`` here would need a fresh interpreter (about 9 s)."""
+    if not fork_is_usable():
+        return fn()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        try:
+            os.close(read_fd)
+            import torch
+            torch.set_num_threads(1)  # libgomp after a fork: see _run_script_in_child
+            try:
+                payload = (True, fn())
+            except BaseException:
+                payload = (False, traceback.format_exc())
+            with os.fdopen(write_fd, 'wb') as pipe:
+                pickle.dump(payload, pipe)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, 'rb') as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise AssertionError('the forked child died before sending a result')
+    ok, value = pickle.loads(data)
+    if not ok:
+        raise AssertionError(f'in the forked child:\n{value}')
+    return value
 
 
 def _run_script_in_child(argv, cwd, env, out_fd, err_fd):

@@ -16,7 +16,7 @@ from basicsr_iln import export as export_cli
 from basicsr_iln.archs.transformer_core import RestorationTransformer, shifted_window_mask
 from basicsr_iln.utils import export as export_lib
 from basicsr_iln.utils.export import FP32_TOLERANCE, check_sizes, export_checked, rejected_path
-from helpers import main_error_line
+from helpers import in_fork, main_error_line
 
 TINY = {
     'SwinIR_iLN': dict(embed_dim=12, depths=[2], num_heads=[2]),
@@ -90,7 +90,12 @@ def test_traced_network_is_right_at_other_sizes(arch, norm_type):
 
 
 def test_torch_export_of_iln():
-    """torch.export (the base of torch's dynamo ONNX exporter) records i-LN's plain-op path."""
+    """torch.export (the base of torch's dynamo ONNX exporter) records i-LN's plain-op path. In a fork
+    (helpers.in_fork): torch.export would leave this test process unable to fork autograd."""
+    in_fork(_exported_equals_eager)
+
+
+def _exported_equals_eager():
     net = tiny_net('SwinIR_iLN', 'iln')
     x, expected = outputs(net, SIZES[2])
     exported = torch.export.export(net, (x, ))

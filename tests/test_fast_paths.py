@@ -10,6 +10,7 @@ from basicsr_iln.archs.hat_arch import HAT
 from basicsr_iln.archs.norms import HolisticLayerNorm, _HolisticLayerNormFunction
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
 from basicsr_iln.archs.transformer_core import _explicit_biased_attention, biased_attention, shifted_window_mask
+from helpers import in_fork
 
 
 def reference_holistic(norm, x):
@@ -142,7 +143,12 @@ def test_kept_shift_mask_is_the_computed_one_and_used_at_its_size_only(arch):
 @pytest.mark.parametrize('arch', ['SwinIR', 'HAT', 'DRCT'])
 def test_compiled_iln_network_gives_the_eager_values_and_gradients(arch):
     """Under torch.compile i-LN runs as plain differentiable ops (which inductor fuses) instead of its custom
-    autograd functions; ``aot_eager`` traces forward and backward as inductor would, without code generation."""
+    autograd functions; ``aot_eager`` traces forward and backward as inductor would, without code generation.
+    In a fork (helpers.in_fork): compiled autograd would leave this test process unable to fork autograd."""
+    in_fork(lambda: _compiled_equals_eager(arch))
+
+
+def _compiled_equals_eager(arch):
     kwargs = dict(img_size=16, window_size=4, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2, upscale=2,
                   upsampler='pixelshuffle', norm_type='iln', drop_path_rate=0.0)
     torch.manual_seed(0)

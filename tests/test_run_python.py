@@ -4,10 +4,11 @@ warnings, logging)."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from helpers import run_python
+from helpers import REPO, run_python
 
 SCRIPTS = {
     'exit_code': "import os, sys\nprint(__name__, sys.argv[1:], os.getcwd(), os.environ.get('PROBE'))\n"
@@ -90,3 +91,40 @@ def test_a_fork_after_parallel_work_in_this_process_does_not_hang(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert (result.returncode, result.stdout) == (0, '1\n'), result.stderr
+
+
+AUTOGRAD_AND_FORKS = """
+import os, sys, torch
+sys.path.insert(0, sys.argv[1])
+from helpers import fork_is_usable, in_fork, run_python
+
+def compiled_forward_under_grad():
+    torch.compile(torch.nn.Linear(4, 1), backend='aot_eager')(torch.rand(2, 4)).sum().backward()
+    return 'done'
+
+assert fork_is_usable()
+assert in_fork(compiled_forward_under_grad) == 'done'
+assert fork_is_usable()  # the compiled autograd ran in the child
+compiled_forward_under_grad()
+assert not fork_is_usable()  # torch now refuses autograd in forks of this process
+backward = sys.argv[2]
+result = run_python([backward])  # so run_python takes a fresh interpreter
+assert (result.returncode, result.stdout) == (0, 'ok\\n'), result.stderr
+print('checked')
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='forks only on Linux')
+def test_compiled_autograd_poisons_forks_so_in_fork_shields_them_and_run_python_falls_back(tmp_path):
+    """The cause of the fork failures seen in full runs: once a process ran torch.compile with autograd (or
+    torch.export), torch refuses autograd in its forks ("Unable to handle autograd's threading in combination
+    with fork-based multiprocessing"). helpers.in_fork keeps such a test's process clean, and run_python finds
+    the state by a forked probe and takes a fresh interpreter."""
+    (tmp_path / 'check.py').write_text(AUTOGRAD_AND_FORKS)
+    (tmp_path / 'backward.py').write_text(
+        "import torch\ntorch.ones(1, requires_grad=True).sum().backward()\nprint('ok')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
+    result = subprocess.run([sys.executable, str(tmp_path / 'check.py'), str(Path(__file__).parent),
+                             str(tmp_path / 'backward.py')], capture_output=True, text=True, timeout=600, env=env)
+    assert (result.returncode, result.stdout.strip().splitlines()[-1:]) == (0, ['checked']), result.stderr[-3000:]
