@@ -173,6 +173,7 @@ def set_rng_states(states):
 class IRModel(SRModel):
     """Image restoration model: L1 (or any BasicSR loss) training with EMA, PSNR/SSIM validation."""
     eval_net = None  # a PrecisionNetwork once set_eval_precision was called (test CLI)
+    pending_checks = ()  # StepChecks of steps taken on the device, not yet read back (none outside training)
 
     def __init__(self, opt):
         check_network_builds(opt['network_g'])  # a bad network_g as one line, not BasicSR's traceback
@@ -202,7 +203,7 @@ class IRModel(SRModel):
         self.micro_batches = micro_batches_per_step(self.opt)
         self.accumulated = 0  # micro-batches of the coming step whose gradients are already summed
         self.step_losses = OrderedDict()
-        self.pending_checks = []  # StepChecks of steps taken on the device, not yet read back
+        self.pending_checks = []
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
         """BasicSR's optimizer, an Adam fused by default (``adam_kwargs``)."""
@@ -427,8 +428,7 @@ class IRModel(SRModel):
         """SRModel.save (networks, then training state), after the pending steps' checks are read (a run that
         ran out of ``train.nonfinite_patience`` stops first) and refusing non-finite weights; then only the
         newest ``logger.keep_last_checkpoints`` complete checkpoints are kept (all if unset, as BasicSR)."""
-        if self.is_train:
-            self.report_checks()
+        self.report_checks()
         self._check_finite_weights(current_iter)
         super().save(epoch, current_iter)
         keep = self.opt['logger'].get('keep_last_checkpoints')
