@@ -262,10 +262,9 @@ class IRModel(SRModel):
         self._backward_micro_batch()
         self.accumulated = 0
         self.grad_scaler.unscale_(self.optimizer_g)
-        named_grads = [(name, p.grad) for name, p in self.get_bare_model(self.net_g).named_parameters()
-                       if p.grad is not None]
-        check = self._check_step(current_iter, named_grads)
-        grads = [grad for _, grad in named_grads]
+        named = [(name, p.grad) for name, p in self.get_bare_model(self.net_g).named_parameters() if p.grad is not None]
+        names, grads = [name for name, _ in named], [grad for _, grad in named]
+        check = self._check_step(current_iter, names, grads)
         if self._skips_on_device():
             finite = check.finite
             self._clip(grads, check.grad_norm)
@@ -297,7 +296,7 @@ class IRModel(SRModel):
         Adam: not a state resumed from another implementation) and there is no fp16 scaler deciding on it."""
         return not self.grad_scaler.is_enabled() and all(g.get('fused') for g in self.optimizer_g.param_groups)
 
-    def _check_step(self, current_iter, named_grads):
+    def _check_step(self, current_iter, param_names, grads):
         """The step's ``StepCheck``, computed on the device. Under DDP the losses are averaged over the ranks by
         one all-reduce, so that every rank skips, rescales (fp16) and counts the non-finite streak alike (a
         non-finite loss on any rank makes the average non-finite); the gradients are already all-reduced."""
@@ -305,9 +304,9 @@ class IRModel(SRModel):
         if self.opt['dist']:
             dist.all_reduce(losses)
             losses /= self.opt['world_size']
-        grad_norm, first_bad = gradient_norms([grad for _, grad in named_grads])
+        grad_norm, first_bad = gradient_norms(grads)
         values = torch.cat([losses, grad_norm.reshape(1).to(losses), first_bad.reshape(1).to(losses)])
-        return StepCheck(current_iter, tuple(self.step_losses), [name for name, _ in named_grads], values)
+        return StepCheck(current_iter, tuple(self.step_losses), param_names, values)
 
     def _clip(self, grads, grad_norm):
         """``torch.nn.utils.clip_grad_norm_``'s scaling, by a factor computed on the device (1 below the limit)."""
