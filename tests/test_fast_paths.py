@@ -1,6 +1,6 @@
 """The speed-motivated code paths compute the same function as the plain formulas they replace:
 i-LN's one-kernel normalisation + std, the explicit CPU training attention, row-major token layout, the
-shift mask kept for img_size."""
+shift mask kept for img_size, the stored relative-position bias of compiled graphs."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +9,9 @@ from basicsr_iln.archs.drct_arch import DRCT
 from basicsr_iln.archs.hat_arch import HAT
 from basicsr_iln.archs.norms import HolisticLayerNorm, _HolisticLayerNormFunction
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
-from basicsr_iln.archs.transformer_core import _explicit_biased_attention, biased_attention, shifted_window_mask
+from basicsr_iln.archs.hat_arch import overlapping_relative_position_index
+from basicsr_iln.archs.transformer_core import (_explicit_biased_attention, biased_attention, relative_position_index,
+                                                shifted_window_mask, stored_relative_position_bias)
 from helpers import in_fork
 
 
@@ -143,7 +145,8 @@ def test_kept_shift_mask_is_the_computed_one_and_used_at_its_size_only(arch):
 @pytest.mark.parametrize('arch', ['SwinIR', 'HAT', 'DRCT'])
 def test_compiled_iln_network_gives_the_eager_values_and_gradients(arch):
     """Under torch.compile i-LN runs as plain differentiable ops (which inductor fuses) instead of its custom
-    autograd functions; ``aot_eager`` traces forward and backward as inductor would, without code generation.
+    autograd functions, and the bias gathers are the stored-bias op (HAT's OCAB index has negative entries);
+    ``aot_eager`` traces forward and backward as inductor would, without code generation.
     In a fork (helpers.in_fork): compiled autograd would leave this test process unable to fork autograd."""
     in_fork(lambda: _compiled_equals_eager(arch))
 
@@ -168,3 +171,35 @@ def _compiled_equals_eager(arch):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_graphs_gather_the_bias_with_the_stored_bias_op():
+    """The op passes torch's custom-op checks (schema, fake tensor, autograd registration, AOT dispatch) for
+    SwinIR's index and HAT's overlapping one, and a compiled block calls it instead of inlining the gather.
+    In a fork (helpers.in_fork), as the compiled tests above."""
+    in_fork(_stored_bias_op_checks)
+
+
+def _stored_bias_op_checks():
+    torch.manual_seed(0)
+    for index, entries in ((relative_position_index(4), 7 * 7), (overlapping_relative_position_index(4, 6), 9 * 9)):
+        table = torch.randn(entries, 3, requires_grad=True)
+        torch.library.opcheck(stored_relative_position_bias, (table, index, *index.shape))
+        reference = table[index.view(-1)].view(*index.shape, 3).permute(2, 0, 1)
+        grad = torch.randn_like(reference)
+        stored = stored_relative_position_bias(table, index, *index.shape)
+        torch.testing.assert_close(stored, reference)
+        expected, = torch.autograd.grad(reference, table, grad)
+        torch.testing.assert_close(torch.autograd.grad(stored, table, grad)[0], expected)
+
+    graph_ops = []
+
+    def recording_backend(gm, example_inputs):
+        graph_ops.extend(node.target for node in gm.graph.nodes)
+        return gm
+
+    net = SwinIR_iLN(img_size=8, window_size=4, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2, upscale=2,
+                     upsampler='pixelshuffle')
+    torch.compile(net, backend=recording_backend, dynamic=False)(torch.rand(1, 3, 8, 8))
+    assert graph_ops.count(torch.ops.basicsr_iln.relative_position_bias.default) == 2  # one per block

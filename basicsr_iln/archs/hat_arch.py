@@ -27,8 +27,8 @@ from torch import nn
 from .chunking import attend_in_chunks, tokenwise_in_chunks
 from .norms import build_branch_norm, residual_add
 from .transformer_core import (NO_STAGE_INPUTS, BlockSequence, ResidualGroup, RestorationTransformer, StageInputs,
-                               biased_attention, init_truncated_normal, relative_position_index, run_layer,
-                               shifted_window_blocks, stage_plan, window_reverse)
+                               biased_attention, init_truncated_normal, relative_position_bias, relative_position_index,
+                               run_layer, shifted_window_blocks, stage_plan, window_reverse)
 
 
 def _grid_coords(size):
@@ -140,7 +140,7 @@ class OCAB(nn.Module):
         rpi_oca = stage.rpi_oca
         if rpi_oca is None:
             rpi_oca = overlapping_relative_position_index(ws, ows).to(x.device)
-        bias = self.relative_position_bias_table[rpi_oca.view(-1)].view(ws * ws, ows * ows, -1).permute(2, 0, 1)
+        bias = relative_position_bias(self.relative_position_bias_table, rpi_oca, ws * ws, ows * ows)
         out = attend_in_chunks(lambda q_, k_, v_, mask: biased_attention(q_, k_, v_, bias, scale=self.scale),
                                q, None, q.shape[0] // b, ws * ws, k, v)
         out = window_reverse(out.transpose(1, 2).reshape(-1, ws, ws, c), ws, h, w).reshape(b, h * w, c)

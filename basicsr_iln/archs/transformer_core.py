@@ -1,7 +1,7 @@
 """The Transformer core that SwinIR, HAT and DRCT share.
 
-* window attention with a learned relative-position bias, run by torch's fused
-  ``scaled_dot_product_attention`` (bias and shift mask are passed as one additive mask);
+* window attention with a learned relative-position bias (``relative_position_bias``), run by torch's
+  fused ``scaled_dot_product_attention`` (bias and shift mask are passed as one additive mask);
 * the (shifted-)window Transformer block, optionally with HAT's parallel convolution branch;
   its two residual branches take their scale from the norm family's branch norms
   (``y, scale = norm(x)``), so every ``norm_type`` (LN, i-LN, ablations, ...) works in every backbone;
@@ -96,6 +96,49 @@ def _shift_regions(size, window_size, shift_size, device):
     return (index >= size - window_size).long() + (index >= size - shift_size).long()
 
 
+def relative_position_bias(table, index, n_query, n_key):
+    """(heads, n_query, n_key) attention bias: the rows of ``table`` (entries, heads) that ``index``
+    (n_query, n_key) addresses; negative entries address it from its end.
+
+    Under torch.compile (not while a graph is recorded for export) the gather is one opaque op whose
+    result is stored: inlined, inductor repeats the indirect, unvectorised load in every pass of the
+    softmax over all windows (docs/benchmarks.md, "The bias gather under torch.compile").
+    """
+    if torch.compiler.is_compiling() and not recording_graph():
+        return stored_relative_position_bias(table, index, n_query, n_key)
+    return table[index.view(-1)].view(n_query, n_key, -1).permute(2, 0, 1)
+
+
+@torch.library.custom_op('basicsr_iln::relative_position_bias', mutates_args=())
+def stored_relative_position_bias(table: torch.Tensor, index: torch.Tensor, n_query: int,
+                                  n_key: int) -> torch.Tensor:
+    """``relative_position_bias`` as a custom op (what torch.compile graphs call), contiguous."""
+    return table[index.view(-1)].view(n_query, n_key, -1).permute(2, 0, 1).contiguous()
+
+
+@stored_relative_position_bias.register_fake
+def _(table, index, n_query, n_key):
+    return table.new_empty((table.shape[1], n_query, n_key))
+
+
+def _keep_bias_index(ctx, inputs, output):
+    table, index = inputs[:2]
+    ctx.save_for_backward(index)
+    ctx.entries = table.shape[0]
+
+
+def _bias_table_gradient(ctx, grad):
+    """Every bias entry's gradient added into the table row it was read from."""
+    index, = ctx.saved_tensors
+    heads = grad.shape[0]
+    rows = torch.remainder(index.reshape(-1), ctx.entries)
+    grad_table = grad.new_zeros(ctx.entries, heads).index_add_(0, rows, grad.permute(1, 2, 0).reshape(-1, heads))
+    return grad_table, None, None, None
+
+
+stored_relative_position_bias.register_autograd(_bias_table_gradient, setup_context=_keep_bias_index)
+
+
 def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
     """softmax(q k^T * scale + bias [+ mask]) v over windows with torch's fused attention.
 
@@ -153,13 +196,11 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         init_truncated_normal(self.relative_position_bias_table)
 
-    def relative_position_bias(self, rpi, n_query, n_key):
-        return self.relative_position_bias_table[rpi.view(-1)].view(n_query, n_key, -1).permute(2, 0, 1)
-
     def forward(self, x, mask=None, rpi=None):
         b_, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.relative_position_bias(self.relative_position_index if rpi is None else rpi, n, n)
+        bias = relative_position_bias(self.relative_position_bias_table,
+                                      self.relative_position_index if rpi is None else rpi, n, n)
         x = biased_attention(q, k, v, bias, mask, self.attn_drop if self.training else 0.0, self.scale)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b_, n, c)))
 
