@@ -3,7 +3,7 @@
 whether BasicSR's data loader keeps up with the training step.
 
     python scripts/benchmark_speed.py [--archs SwinIR HAT DRCT] [--devices cpu cuda] [--repeats 15]
-        [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8 | --released]
+        [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8 | --released [--depths 6 --heads 6]]
         [--precision fp32] [--peak-tflops X] [--threads 1] [--profile SwinIR] [--out results.md]
         [--block-shapes 2x1024x48 1x2304x180] [--compile] [--with-data [--workers 0 2] [--data-from DIR]
         [--sub-size 480]]
@@ -92,6 +92,7 @@ NORMS = ('ln', 'iln')
 BASICSR = ('SwinIR', 'basicsr')
 COMPILED = 'compiled'  # third element of a variant: torch.compile (inductor, static shapes)
 SCALE = 2
+SMALL_DEPTHS, SMALL_HEADS = [2, 2], [2, 2]  # the small default network's stages
 SHARED_PHOTOS = REPO.parent / 'shared' / 'datasets' / 'train' / 'Sun_Hays80'
 DATA_PHOTOS = 4  # photos cut into sub-images for --with-data
 DATA_ITERS = 8  # batches per timed data call: enough for the workers' parallelism to show
@@ -106,13 +107,15 @@ PEAK_TFLOPS = {'H100': {'fp32': 67.0, 'bf16': 989.0}, 'H200': {'fp32': 67.0, 'bf
 
 
 def network_kwargs(args, arch):
-    """The x2 classical-SR network of ``arch``: its released size (presets.SIZES) with ``--released``, else the
-    small config of the size options (HAT with compress_ratio 3, squeeze_factor 16)."""
+    """The x2 classical-SR network of ``arch``: its released size (presets.SIZES) with ``--released`` (with the
+    stages of ``--depths``/``--heads`` when given), else the small config of the size options (HAT with
+    compress_ratio 3, squeeze_factor 16)."""
     kwargs = dict(upscale=SCALE, in_chans=3, img_size=args.train_size)
     if args.released:
-        return {**kwargs, **backbone_kwargs(arch, 'SR')}
-    kwargs.update(window_size=args.window, img_range=1.0, depths=args.depths, embed_dim=args.embed_dim,
-                  num_heads=args.heads, mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv')
+        stages = dict(depths=args.depths, num_heads=args.heads) if args.depths else {}
+        return {**kwargs, **backbone_kwargs(arch, 'SR'), **stages}
+    kwargs.update(window_size=args.window, img_range=1.0, depths=args.depths or SMALL_DEPTHS, embed_dim=args.embed_dim,
+                  num_heads=args.heads or SMALL_HEADS, mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv')
     if arch == 'HAT':
         kwargs.update(compress_ratio=3, squeeze_factor=16)
     return kwargs
@@ -120,9 +123,11 @@ def network_kwargs(args, arch):
 
 def config_text(args):
     if args.released:
-        return f'x2 pixelshuffle, the released size of each arch ({", ".join(args.archs)}; basicsr_iln/presets.py)'
-    return (f'x2 pixelshuffle, embed_dim {args.embed_dim}, depths {args.depths}, heads {args.heads}, '
-            f'window {args.window}')
+        stages = f', with depths {args.depths} and heads {args.heads}' if args.depths else ''
+        return (f'x2 pixelshuffle, the released size of each arch ({", ".join(args.archs)}; basicsr_iln/presets.py)'
+                + stages)
+    return (f'x2 pixelshuffle, embed_dim {args.embed_dim}, depths {args.depths or SMALL_DEPTHS}, heads '
+            f'{args.heads or SMALL_HEADS}, window {args.window}')
 
 
 def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
@@ -580,11 +585,12 @@ def main(argv=None):
     parser.add_argument('--train-size', type=int, default=32, help='LR training crop (a window multiple)')
     parser.add_argument('--infer-size', type=int, default=64, help='LR inference image size')
     parser.add_argument('--embed-dim', type=int, default=48)
-    parser.add_argument('--depths', type=int, nargs='+', default=[2, 2])
-    parser.add_argument('--heads', type=int, nargs='+', default=[2, 2])
+    parser.add_argument('--depths', type=int, nargs='+', help=f'blocks per stage (default {SMALL_DEPTHS})')
+    parser.add_argument('--heads', type=int, nargs='+', help=f'heads per stage (default {SMALL_HEADS})')
     parser.add_argument('--window', type=int, default=8)
     parser.add_argument('--released', action='store_true', help="each arch at its released size instead of "
-                        '--embed-dim/--depths/--heads/--window (--train-size: a multiple of its window)')
+                        '--embed-dim/--window (--train-size: a multiple of its window); with --depths and --heads, '
+                        'at its released width with those stages (one stage compiles in minutes, all in half an hour)')
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--threads', type=int, default=1, help='CPU threads (1: least disturbed by other load)')
@@ -609,6 +615,8 @@ def main(argv=None):
     parser.add_argument('--sub-size', type=int, default=480, help='--with-data: HR sub-image size (a multiple of '
                         '4, at least 2x --train-size; 480 as BasicSR cuts DF2K)')
     args = parser.parse_args(argv)
+    if (args.depths is None) != (args.heads is None) and args.released:
+        parser.error('--released takes --depths and --heads together (the released stages, else the ones given)')
     if args.with_data and (args.sub_size % (2 * SCALE) or args.sub_size < SCALE * args.train_size):
         parser.error(f'--sub-size must be a multiple of {2 * SCALE} and at least {SCALE} x --train-size, '
                      f'got {args.sub_size}')

@@ -55,9 +55,19 @@ def test_mfu_is_achieved_over_peak_and_the_peak_comes_from_the_flag_or_the_datas
 
 @pytest.mark.parametrize('arch', list(ARCH_TYPES))
 def test_released_networks_are_the_released_sizes_and_the_small_one_is_not(arch):
-    args = SimpleNamespace(released=True, train_size=48, window=8, depths=[2, 2], embed_dim=48, heads=[2, 2])
+    args = SimpleNamespace(released=True, train_size=48, window=8, depths=None, embed_dim=48, heads=None)
     assert size_of(arch, network_kwargs(args, arch)) == arch  # presets.SIZES: SwinIR(-M), HAT, DRCT
-    assert size_of(arch, network_kwargs(SimpleNamespace(**{**vars(args), 'released': False}), arch)) is None
+    small = network_kwargs(SimpleNamespace(**{**vars(args), 'released': False}), arch)
+    assert size_of(arch, small) is None and small['depths'] == [2, 2] and small['embed_dim'] == 48
+    # Released width with the stages given: one residual group of the released one compiles in minutes.
+    one_group = network_kwargs(SimpleNamespace(**{**vars(args), 'depths': [6], 'heads': [6]}), arch)
+    released = network_kwargs(args, arch)
+    assert one_group == {**released, 'depths': [6], 'num_heads': [6]} and released['depths'] != [6]
+
+
+def test_released_takes_depths_and_heads_together():
+    result = run_python(BENCHMARK + ['--released', '--depths', '6', '--devices', 'cpu'])
+    assert result.returncode == 2 and '--released takes --depths and --heads together' in result.stderr
 
 
 @pytest.mark.slow
