@@ -366,18 +366,20 @@ def hardware(device):
 
 
 def profile(args, arch, device):
-    """torch.profiler tables of one training step of ``arch`` with LN and with i-LN."""
+    """torch.profiler tables of three training steps and three inferences of ``arch`` with LN and with i-LN
+    (SwinIR: and BasicSR's), eager."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
-    for norm in NORMS:
-        bench = Bench(args, (arch, norm), device)
-        for _ in range(args.warmup):
-            bench.train_step()
-        with torch_profile(activities=activities) as prof:
-            for _ in range(3):
-                bench.train_step()
-        print(f'\n### profile: {arch} {norm}, 3 training steps\n')
-        print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15))
+    for variant in [(arch, norm) for norm in NORMS] + ([BASICSR] if arch == 'SwinIR' else []):
+        bench = Bench(args, variant, device)
+        for name, run in (('training steps', bench.train_step), ('inferences', bench.infer)):
+            for _ in range(args.warmup):
+                run()
+            with torch_profile(activities=activities) as prof:
+                for _ in range(3):
+                    run()
+            print(f"\n### profile: {arch} {variant[1]}, 3 {name}\n")
+            print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15))
 
 
 def allow_compiles_of_every_variant(count):

@@ -74,8 +74,11 @@ def test_released_takes_depths_and_heads_together():
 def test_benchmark_prints_all_variants_ratios_and_block_halves(tmp_path):
     out = tmp_path / 'bench.md'
     # Threads and the benchmark's global torch settings stay in the child process.
-    result = run_python(BENCHMARK + TINY + ['--block-shapes', '1x64x12', '--out', out], timeout=600)
+    result = run_python(BENCHMARK + TINY + ['--block-shapes', '1x64x12', '--profile', 'SwinIR', '--out', out],
+                        timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+    profiles = re.findall(r'^### profile: SwinIR (\w+), 3 (training steps|inferences)$', result.stdout, re.M)
+    assert profiles == [(norm, run) for norm in ('ln', 'iln', 'basicsr') for run in ('training steps', 'inferences')]
     text = out.read_text()
     for row in ('SwinIR ln', 'SwinIR iln', 'HAT ln', 'HAT iln', 'DRCT ln', 'DRCT iln', 'SwinIR ln (BasicSR)'):
         # times, memory, GFLOP train/inference, TFLOP/s train/inference, MFU '-' (no peak on CPU)
