@@ -128,11 +128,12 @@ def _keep_bias_index(ctx, inputs, output):
 
 
 def _bias_table_gradient(ctx, grad):
-    """Every bias entry's gradient added into the table row it was read from."""
+    """Every bias entry's gradient added into the table row it was read from, as autograd does for
+    ``table[index]`` (an accumulating ``index_put_``, which also has a deterministic CUDA kernel)."""
     index, = ctx.saved_tensors
     heads = grad.shape[0]
-    rows = torch.remainder(index.reshape(-1), ctx.entries)
-    grad_table = grad.new_zeros(ctx.entries, heads).index_add_(0, rows, grad.permute(1, 2, 0).reshape(-1, heads))
+    grad_table = grad.new_zeros(ctx.entries, heads)
+    grad_table.index_put_((index.reshape(-1), ), grad.permute(1, 2, 0).reshape(-1, heads), accumulate=True)
     return grad_table, None, None, None
 
 
