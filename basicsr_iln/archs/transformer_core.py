@@ -106,6 +106,10 @@ def relative_position_bias(table, index, n_query, n_key):
     """
     if torch.compiler.is_compiling() and not recording_graph():
         return stored_relative_position_bias(table, index, n_query, n_key)
+    return _gathered_bias(table, index, n_query, n_key)
+
+
+def _gathered_bias(table, index, n_query, n_key):
     return table[index.view(-1)].view(n_query, n_key, -1).permute(2, 0, 1)
 
 
@@ -113,7 +117,7 @@ def relative_position_bias(table, index, n_query, n_key):
 def stored_relative_position_bias(table: torch.Tensor, index: torch.Tensor, n_query: int,
                                   n_key: int) -> torch.Tensor:
     """``relative_position_bias`` as a custom op (what torch.compile graphs call), contiguous."""
-    return table[index.view(-1)].view(n_query, n_key, -1).permute(2, 0, 1).contiguous()
+    return _gathered_bias(table, index, n_query, n_key).contiguous()
 
 
 @stored_relative_position_bias.register_fake
