@@ -592,7 +592,7 @@ def main(argv=None):
     parser.add_argument('--window', type=int, default=8)
     parser.add_argument('--released', action='store_true', help="each arch at its released size instead of "
                         '--embed-dim/--window (--train-size: a multiple of its window); with --depths and --heads, '
-                        'at its released width with those stages (one stage compiles in minutes, all in half an hour)')
+                        'at its released width with those stages (one residual group compiles far faster than all)')
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--threads', type=int, default=1, help='CPU threads (1: least disturbed by other load)')

@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from basicsr_iln.archs.drct_arch import DRCT
-from basicsr_iln.archs.hat_arch import HAT
+from basicsr_iln.archs.hat_arch import HAT, overlapping_relative_position_index
 from basicsr_iln.archs.norms import HolisticLayerNorm, _HolisticLayerNormFunction
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
-from basicsr_iln.archs.hat_arch import overlapping_relative_position_index
 from basicsr_iln.archs.transformer_core import (_explicit_biased_attention, biased_attention, relative_position_index,
                                                 shifted_window_mask, stored_relative_position_bias)
 from helpers import in_fork
