@@ -319,8 +319,32 @@ def interleaved_times(runs, repeats, warmup):
     return times
 
 
+def per_round_ratios(times, num, den):
+    return [a / b for a, b in zip(times[num], times[den])]
+
+
 def paired_ratio(times, num, den):
-    return statistics.median(a / b for a, b in zip(times[num], times[den]))
+    return statistics.median(per_round_ratios(times, num, den))
+
+
+def median_interval(values, level=0.95):
+    """Distribution-free interval of the median of ``values``: the order statistics k and n + 1 - k, k the
+    largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2, so it covers the median with probability >=
+    ``level`` whatever the distribution; None when n is too small for any (under 6 values at 95%)."""
+    n, k, tail = len(values), 0, 0.0
+    while tail + math.comb(n, k) / 2**n <= (1 - level) / 2:
+        tail += math.comb(n, k) / 2**n
+        k += 1
+    ordered = sorted(values)
+    return (ordered[k - 1], ordered[n - k]) if k else None
+
+
+def ratio_cell(times, num, den):
+    """'median [95% interval]' of the per-round ratios num / den; the median alone under 6 rounds."""
+    ratios = per_round_ratios(times, num, den)
+    interval = median_interval(ratios)
+    median = f'{statistics.median(ratios):.3f}'
+    return f'{median} [{interval[0]:.3f}, {interval[1]:.3f}]' if interval else median
 
 
 def compiled(variant):
@@ -395,15 +419,14 @@ def allow_compiles_of_every_variant(count):
 
 
 def benchmark(args, device):
-    variants = [(arch, norm) for arch in args.archs for norm in NORMS]
-    if 'SwinIR' in args.archs:
-        variants.append(BASICSR)
-    eager = list(variants)
+    eager = [(arch, norm) for arch in args.archs for norm in NORMS] + ([BASICSR] if 'SwinIR' in args.archs else [])
+    compiled_variants = [(*v, COMPILED) for v in eager] if args.compile else []
+    variants = compiled_variants if args.compiled_only else eager + compiled_variants
     if args.compile:
-        variants += [(*v, COMPILED) for v in eager]
         allow_compiles_of_every_variant(len(eager))
     benches = {v: Bench(args, v, device) for v in variants}
-    flops = {v: benches[v].flops() for v in eager}  # compiled networks do the same work
+    # Compiled networks do the same work; FlopCounterMode counts it on the eager ones.
+    flops = {v: (benches[v] if v in benches else Bench(args, v, device)).flops() for v in eager}
     train = interleaved_times({v: b.train_step for v, b in benches.items()}, args.repeats, args.warmup)
     infer = interleaved_times({v: b.infer for v, b in benches.items()}, args.repeats, args.warmup)
     del benches
@@ -428,21 +451,21 @@ def benchmark(args, device):
         lines.append(f'| {name(v)} | {train_s * 1e3:.1f} | {infer_s * 1e3:.1f} | {mem} | '
                      f'{train_flops / 1e9:.3f}/{infer_flops / 1e9:.3f} | {train_rate}/{infer_rate} | '
                      f'{train_mfu}/{infer_mfu} |')
-    lines += ['', '| ratio (median of per-round ratios) | train step | inference |', '|---|---|---|']
-    for arch in args.archs:
-        lines.append(f'| {arch}: i-LN / LN | {paired_ratio(train, (arch, "iln"), (arch, "ln")):.3f} | '
-                     f'{paired_ratio(infer, (arch, "iln"), (arch, "ln")):.3f} |')
-    if BASICSR in variants:
-        lines.append(f'| SwinIR ln: ours / BasicSR | {paired_ratio(train, ("SwinIR", "ln"), BASICSR):.3f} | '
-                     f'{paired_ratio(infer, ("SwinIR", "ln"), BASICSR):.3f} |')
-    if args.compile:
+    lines += ['', '| ratio: median of the per-round ratios [95% interval of that median; from 6 rounds] | '
+              'train step | inference |', '|---|---|---|']
+
+    def ratio_row(label, num, den):
+        lines.append(f'| {label} | {ratio_cell(train, num, den)} | {ratio_cell(infer, num, den)} |')
+
+    for suffix in ([] if args.compiled_only else [()]) + ([(COMPILED,)] if args.compile else []):
+        label = ' compiled' if suffix else ''
         for arch in args.archs:
-            iln, ln = (arch, 'iln', COMPILED), (arch, 'ln', COMPILED)
-            lines.append(f'| {arch} compiled: i-LN / LN | {paired_ratio(train, iln, ln):.3f} | '
-                         f'{paired_ratio(infer, iln, ln):.3f} |')
+            ratio_row(f'{arch}{label}: i-LN / LN', (arch, 'iln', *suffix), (arch, 'ln', *suffix))
+        if BASICSR in eager:
+            ratio_row(f'SwinIR ln{label}: ours / BasicSR', ('SwinIR', 'ln', *suffix), (*BASICSR, *suffix))
+    if args.compile and not args.compiled_only:
         for v in eager:
-            lines.append(f'| {name(v)}: compiled / eager | {paired_ratio(train, (*v, COMPILED), v):.3f} | '
-                         f'{paired_ratio(infer, (*v, COMPILED), v):.3f} |')
+            ratio_row(f'{name(v)}: compiled / eager', (*v, COMPILED), v)
     return lines
 
 
@@ -602,6 +625,8 @@ def main(argv=None):
                         'value of a known CUDA GPU at --precision, none on CPU)')
     parser.add_argument('--compile', action='store_true', help='also time every variant under torch.compile '
                         '(inductor, dynamic=False; compile time is spent in the warm-up rounds)')
+    parser.add_argument('--compiled-only', action='store_true', help='with --compile: time the compiled variants '
+                        'only (half the rounds\' time, for the compiled ratios at released sizes)')
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory runs')
     parser.add_argument('--profile', choices=list(ARCH_TYPES), help='also print torch.profiler tables for this arch')
     parser.add_argument('--out', type=Path, help='also write the Markdown tables to this file')
@@ -619,6 +644,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if (args.depths is None) != (args.heads is None) and args.released:
         parser.error('--released takes --depths and --heads together (the released stages, else the ones given)')
+    if args.compiled_only and not args.compile:
+        parser.error('--compiled-only needs --compile')
     if args.with_data and (args.sub_size % (2 * SCALE) or args.sub_size < SCALE * args.train_size):
         parser.error(f'--sub-size must be a multiple of {2 * SCALE} and at least {SCALE} x --train-size, '
                      f'got {args.sub_size}')

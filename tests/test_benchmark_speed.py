@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from helpers import REPO, real_photos, run_python
 
 sys.path.insert(0, str(REPO / 'scripts'))
-from benchmark_speed import (ARCH_TYPES, counted_flops, known_peak_tflops, network_kwargs, peak_tflops,  # noqa: E402
-                             throughput_cells)
+from benchmark_speed import (ARCH_TYPES, counted_flops, known_peak_tflops, median_interval,  # noqa: E402
+                             network_kwargs, peak_tflops, ratio_cell, throughput_cells)
 
 from basicsr_iln.presets import size_of
 
@@ -51,6 +51,25 @@ def test_mfu_is_achieved_over_peak_and_the_peak_comes_from_the_flag_or_the_datas
     cpu = torch.device('cpu')
     assert peak_tflops(SimpleNamespace(peak_tflops=None, precision='fp32'), cpu) == (None, 'unknown')
     assert peak_tflops(SimpleNamespace(peak_tflops=1.5, precision='fp32'), cpu) == (1.5, '--peak-tflops')
+
+
+def test_median_interval_is_the_binomial_order_statistics_and_covers_the_median_as_promised():
+    # n = 15: P(Binomial(15, 1/2) <= 3) = 576 / 32768 = 1.76% <= 2.5% < P(<= 4) = 5.92%: ranks 4 and 12.
+    assert median_interval(list(range(1, 16))) == (4, 12)
+    assert median_interval([3, 1, 2, 6, 5, 4]) == (1, 6)  # n = 6: P(<= 0) = 1.6%, the extremes
+    assert median_interval([1, 2, 3, 4, 5]) is None  # n = 5: even the extremes cover only 93.75%
+    # Coverage of a skewed distribution's true median, 4000 samples of 20 (the promise is >= 95%).
+    samples = -torch.log(torch.rand(4000, 20, generator=torch.Generator().manual_seed(0)))  # Exponential(1)
+    covered = sum(low <= math.log(2) <= high for low, high in map(median_interval, samples.tolist()))
+    assert 0.95 <= covered / 4000 <= 0.975  # exact coverage at n = 20: 95.86%
+    times = {'a': [2.0, 2.2, 1.8, 2.0, 2.1, 1.9], 'b': [1.0] * 6}
+    assert ratio_cell(times, 'a', 'b') == '2.000 [1.800, 2.200]'
+    assert ratio_cell({k: v[:5] for k, v in times.items()}, 'a', 'b') == '2.000'
+
+
+def test_compiled_only_needs_compile():
+    result = run_python(BENCHMARK + ['--compiled-only', '--devices', 'cpu'])
+    assert result.returncode == 2 and '--compiled-only needs --compile' in result.stderr
 
 
 @pytest.mark.parametrize('arch', list(ARCH_TYPES))
