@@ -114,8 +114,8 @@ def network_kwargs(args, arch):
     if args.released:
         stages = dict(depths=args.depths, num_heads=args.heads) if args.depths else {}
         return {**kwargs, **backbone_kwargs(arch, 'SR'), **stages}
-    kwargs.update(window_size=args.window, img_range=1.0, depths=args.depths or SMALL_DEPTHS, embed_dim=args.embed_dim,
-                  num_heads=args.heads or SMALL_HEADS, mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv')
+    kwargs.update(window_size=args.window, img_range=1.0, depths=args.depths, embed_dim=args.embed_dim,
+                  num_heads=args.heads, mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv')
     if arch == 'HAT':
         kwargs.update(compress_ratio=3, squeeze_factor=16)
     return kwargs
@@ -126,8 +126,8 @@ def config_text(args):
         stages = f', with depths {args.depths} and heads {args.heads}' if args.depths else ''
         return (f'x2 pixelshuffle, the released size of each arch ({", ".join(args.archs)}; basicsr_iln/presets.py)'
                 + stages)
-    return (f'x2 pixelshuffle, embed_dim {args.embed_dim}, depths {args.depths or SMALL_DEPTHS}, heads '
-            f'{args.heads or SMALL_HEADS}, window {args.window}')
+    return (f'x2 pixelshuffle, embed_dim {args.embed_dim}, depths {args.depths}, heads {args.heads}, window '
+            f'{args.window}')
 
 
 def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
@@ -649,6 +649,8 @@ def main(argv=None):
     if args.with_data and (args.sub_size % (2 * SCALE) or args.sub_size < SCALE * args.train_size):
         parser.error(f'--sub-size must be a multiple of {2 * SCALE} and at least {SCALE} x --train-size, '
                      f'got {args.sub_size}')
+    if not args.released:  # the small network's stages; --released without them keeps the released ones
+        args.depths, args.heads = args.depths or SMALL_DEPTHS, args.heads or SMALL_HEADS
     args.data_archs = args.archs or ['SwinIR']
     args.archs = args.archs or list(ARCH_TYPES)
     torch.set_num_threads(args.threads)
