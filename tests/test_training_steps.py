@@ -5,6 +5,7 @@ import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 
 import basicsr_iln  # noqa: F401  (before basicsr)
@@ -266,6 +267,30 @@ def test_fp16_training_leaves_an_overflow_to_the_scaler(tiny_sr_data, tmp_path, 
     assert same(weights(model), before) and model.grad_scaler.get_scale() == scale / 2
     assert model.log_dict['grad_norm'] != model.log_dict['grad_norm'] or math.isinf(model.log_dict['grad_norm'])
     assert 'non-finite' not in warnings.text and model.nonfinite_streak == 0
+
+
+def test_fp16_training_skips_a_non_finite_loss_and_trains_on(tiny_sr_data, tmp_path, warnings):
+    """fp16: a non-finite loss (not the scaler's routine overflow) is skipped and counted, and the scaler's
+    state is closed for the step (its update), so that the next step can unscale again."""
+    model = build(tmp_path, tiny_sr_data, 'fp16_nan', batch=2, precision='fp16')
+    before, scale = weights(model), model.grad_scaler.get_scale()
+    step(model, batches(1, size=2, nan_at=(0, 0))[0], 1, 1)
+    assert same(weights(model), before) and model.grad_scaler.get_scale() == scale / 2
+    assert 'non-finite l_pix at iter 1 (1 in a row); step skipped' in warnings.text
+    step(model, batches(1, size=2)[0], 1, 2)
+    assert model.nonfinite_streak == 0 and not same(weights(model), before)
+
+
+def test_fp16_training_state_keeps_the_loss_scale(tiny_sr_data, tmp_path):
+    """A resumed fp16 run continues from the scale its scaler backed off to, not from the initial 65536."""
+    model = build(tmp_path, tiny_sr_data, 'fp16_state', batch=2, precision='fp16')
+    model.get_bare_model(model.net_g).conv_first.weight.register_hook(lambda grad: grad * float('inf'))
+    step(model, batches(1, size=2)[0], 1, 1)
+    model.save_training_state(0, 1)
+    state = torch.load(Path(model.opt['path']['training_states']) / '1.state', weights_only=False)
+    resumed = build(tmp_path, tiny_sr_data, 'fp16_resumed', batch=2, precision='fp16')
+    resumed.resume_training(state)
+    assert resumed.grad_scaler.get_scale() == model.grad_scaler.get_scale() == 2.0**15
 
 
 def test_pending_checks_are_read_after_at_most_max_pending_steps(tiny_sr_data, tmp_path, monkeypatch):

@@ -282,6 +282,7 @@ class IRModel(SRModel):
         [outcome] = self._report([check])
         if outcome == 'skip':
             self.optimizer_g.zero_grad(set_to_none=True)
+            self.grad_scaler.update()  # fp16: closes the unscaled step (the next unscale_ would raise); backs off
             return
         if outcome == 'step':
             self._clip(grads, check.grad_norm)
@@ -473,11 +474,14 @@ class IRModel(SRModel):
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
             'rng_per_rank': rngs,
+            'grad_scaler': self.grad_scaler.state_dict(),  # fp16: the loss scale it has backed off to
         }
         atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
+        if resume_state.get('grad_scaler'):  # absent in older states and empty for a disabled scaler
+            self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
         rngs = resume_state.get('rng_per_rank') or []
         if len(rngs) == self.opt['world_size']:
             set_rng_states(rngs[self.opt['rank']])
