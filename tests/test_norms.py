@@ -102,6 +102,27 @@ def test_iln_statistics_are_float32_under_half_precision():
     assert sigma.dtype == torch.float32 and torch.isfinite(y).all()
 
 
+def test_ln_star_off_the_cpu_does_not_use_layer_norm_kernels_over_whole_images():
+    """CUDA's LayerNorm kernels give each normalised row one thread block; over (L, C) a row is a whole image.
+    Off the CPU (here the meta device stands in for CUDA) LN* runs as plain reductions."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    norm = HolisticLayerNorm(16)
+    for device, uses_layer_norm in (('cpu', True), ('meta', False)):
+        seen = set()
+        x = tokens().to(device).requires_grad_()
+        with Ops():
+            y, sigma = norm.to(device).forward_with_scale(x)
+            (y.sum() + sigma.sum()).backward()
+        assert ('native_layer_norm' in seen) == uses_layer_norm, (device, sorted(seen))
+        assert ('native_layer_norm_backward' in seen) == uses_layer_norm, device
+
+
 def test_residual_scales_of_the_ablations_and_scalings():
     x = tokens()
     _, token_std = build_branch_norm('ln_rescale', 16).forward_with_scale(x)

@@ -121,7 +121,8 @@ def _holistic_layer_norm(x, gamma, beta, eps, keep_x_hat=True):
 
 
 def _plain_holistic_layer_norm(x, gamma, beta, eps):
-    """``(y, std)`` of LN* from plain differentiable ops, for recorded and compiled graphs (see ``plain_ops``)."""
+    """``(y, std)`` of LN* from plain differentiable ops, for recorded and compiled graphs (see ``plain_ops``)
+    and for devices other than the CPU."""
     dims = tuple(range(1, x.dim()))
     centred = x - x.mean(dim=dims, keepdim=True)
     std = torch.sqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
@@ -191,7 +192,9 @@ class HolisticLayerNorm(FamilyNorm, nn.Module):
 
     def forward_with_scale(self, x):
         args = x.float(), self.gamma, self.beta, self.eps
-        if plain_ops():
+        # Off the CPU, plain ops too: CUDA's LayerNorm kernels (forward and backward) give each normalised
+        # row one thread block, and over (L, C) a row is a whole image (one block per image).
+        if plain_ops() or x.device.type != 'cpu':
             y, std = _plain_holistic_layer_norm(*args)
         elif torch.is_grad_enabled():
             y, std = _HolisticLayerNormFunction.apply(*args)
