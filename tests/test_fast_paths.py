@@ -9,7 +9,8 @@ from basicsr_iln.archs.drct_arch import DRCT
 from basicsr_iln.archs.hat_arch import HAT, overlapping_relative_position_index
 from basicsr_iln.archs.norms import HolisticLayerNorm, _HolisticLayerNormFunction
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
-from basicsr_iln.archs.transformer_core import (_explicit_biased_attention, biased_attention, relative_position_index,
+from basicsr_iln.archs.transformer_core import (FUSED_HEAD_DIM_MULTIPLE, _explicit_biased_attention, _head_padded_attention,
+                                                biased_attention, relative_position_index,
                                                 shifted_window_mask, stored_relative_position_bias,
                                                 stored_shifted_window_mask)
 from helpers import in_fork
@@ -213,3 +214,42 @@ def _stored_op_checks():
         x = torch.rand(1, 3, 8, 12)
         torch.testing.assert_close(compiled(x), net(x))
     assert (graph_ops.count(bias_op), graph_ops.count(mask_op)) == (2, 1)  # one mask for all shifted blocks
+
+
+@pytest.mark.parametrize('head_dim', [30, 12])
+def test_head_padded_attention_equals_the_unpadded_one_with_gradients(head_dim):
+    """The zero-padded head dim (CUDA's fused kernels need a multiple of 8) changes nothing: values and the
+    gradients of q, k, v and the additive mask (the learned bias) are those of the unpadded attention."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 3, 16, head_dim, generator=gen, requires_grad=True) for _ in range(3))
+    mask = torch.randn(4, 3, 16, 16, generator=gen, requires_grad=True)
+    grad = torch.randn(4, 3, 16, head_dim, generator=gen)
+    results = []
+    for attention in (lambda *a: F.scaled_dot_product_attention(*a[:3], attn_mask=a[3]),
+                      lambda *a: _head_padded_attention(*a, 0.0, None)):
+        out = attention(q, k, v, mask)
+        results.append((out, torch.autograd.grad(out, (q, k, v, mask), grad)))
+    (reference, reference_grads), (padded, padded_grads) = results
+    torch.testing.assert_close(padded, reference)
+    for got, expected in zip(padded_grads, reference_grads):
+        torch.testing.assert_close(got, expected)
+
+
+def test_attention_off_the_cpu_pads_unaligned_head_dims_only(monkeypatch):
+    """On CUDA (the meta device stands in) a head dim of 30 reaches SDPA padded to 32; the CPU keeps 30, and an
+    aligned head dim is never padded."""
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, *args, **kwargs):
+        seen.append(q.shape[-1])
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', recording_sdpa)
+    for device, head_dim in (('meta', 30), ('cpu', 30), ('meta', 16)):
+        q = torch.randn(2, 3, 16, head_dim, device=device)
+        bias, mask = torch.zeros(3, 16, 16, device=device), torch.zeros(2, 16, 16, device=device)
+        with torch.no_grad():
+            assert biased_attention(q, q, q, bias, mask).shape == q.shape
+    assert seen == [32, 30, 16] and FUSED_HEAD_DIM_MULTIPLE == 8
+

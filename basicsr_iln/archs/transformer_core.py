@@ -185,8 +185,26 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
         per_window = bias.unsqueeze(0) + mask.unsqueeze(1)
         attn_mask = per_window.unsqueeze(0).expand(q.shape[0] // nw, -1, -1, -1, -1).reshape(
             q.shape[0], *per_window.shape[1:])
+    if q.device.type != 'cpu' and q.shape[-1] % FUSED_HEAD_DIM_MULTIPLE:
+        return _head_padded_attention(q, k, v, attn_mask.to(q.dtype), dropout_p, scale)
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p, scale=scale)
+
+
+# CUDA's fused attention kernels with an additive mask (memory-efficient, cuDNN) need head dims of a multiple
+# of 8 in half precision (4 in fp32, sm80+; torch's sdp_utils.cpp), else SDPA runs its unfused math path.
+# The released SwinIR and HAT have 180 channels over 6 heads: 30.
+FUSED_HEAD_DIM_MULTIPLE = 8
+
+
+def _head_padded_attention(q, k, v, attn_mask, dropout_p, scale):
+    """SDPA with q, k, v zero-padded to a head dim of a multiple of FUSED_HEAD_DIM_MULTIPLE: zeros add nothing
+    to q k^T, the scale stays that of the real head dim, and v's zero columns are sliced off the output."""
+    head_dim = q.shape[-1]
+    pad = (0, -head_dim % FUSED_HEAD_DIM_MULTIPLE)
+    out = F.scaled_dot_product_attention(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), attn_mask=attn_mask,
+                                         dropout_p=dropout_p, scale=head_dim**-0.5 if scale is None else scale)
+    return out[..., :head_dim]
 
 
 def _explicit_biased_attention(q, k, v, bias, mask, dropout_p, scale):
