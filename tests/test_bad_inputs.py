@@ -285,6 +285,9 @@ OPTION_CASES = [
     Case('force_yml_declared_key_misspelt', 'train',
          lambda run: run.args.extend(['--force_yml', 'train:grad_clip_nrom=0.5']),
          ("--force_yml: unknown key 'grad_clip_nrom' under train", "Did you mean 'grad_clip_norm'?")),
+    Case('nccl_for_a_cpu_run', 'train',  # num_gpu: 0, with or without CUDA; refused before torchrun's env is read
+         lambda run: (set_in(['dist_params', 'backend'], 'nccl')(run), run.args.extend(['--launcher', 'pytorch'])),
+         ("option 'dist_params.backend' is 'nccl' but the run trains on CPU", "set 'dist_params.backend: gloo'")),
 ]
 if not torch.cuda.is_available():
     OPTION_CASES.append(Case('prefetch_mode_cuda_without_cuda', 'train',

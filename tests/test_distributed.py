@@ -1,6 +1,6 @@
 """DDP on CPU (gloo, 2 processes): ranks stay identical, only rank 0 writes, gradients are averaged over
 the global batch, distributed validation and testing equal a single-process run, and every rank
-resumes from the same state."""
+resumes from the same state. The backend and device follow ``num_gpu`` (CUDA faked, no process group)."""
 import json
 import os
 import shutil
@@ -16,12 +16,13 @@ import torch
 from basicsr_iln.train import build_model  # basicsr_iln before basicsr (see compat.py)
 from basicsr_iln.utils.checkpoint import find_resume_state
 from basicsr_iln.utils.dist import close_dist
+from basicsr_iln.utils.errors import ConfigError
 from basicsr_iln.utils.options import parse_options
 from helpers import (REPO, eval_options_from_train, run_cli, run_python, start_ranks, tiny_train_options,
                      write_yaml)
 
-# Every test here runs real CLIs or several processes; one xdist worker builds the module's DDP run.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('distributed')]
+# The slow tests run real CLIs or several processes; one xdist worker builds the module's DDP run.
+pytestmark = pytest.mark.xdist_group('distributed')
 
 NPROC = 2
 ENTRY = REPO / 'tests' / 'ddp_entry.py'
@@ -115,6 +116,7 @@ def single_process_metrics(ddp_train):
     return record
 
 
+@pytest.mark.slow
 def test_ddp_training_keeps_ranks_identical_and_writes_once(ddp_train, single_process_metrics):
     exp = ddp_train.exp
     # Ranks start from different seeds (seed + rank), yet hold the same net_g and EMA after training.
@@ -142,6 +144,7 @@ def test_ddp_training_keeps_ranks_identical_and_writes_once(ddp_train, single_pr
         assert records[-1][metric] == pytest.approx(single_process_metrics[metric], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_distributed_test_cli_equals_single_process(ddp_train, single_process_metrics):
     work = ddp_train.work
     test_opt = eval_options_from_train(ddp_train.opt, 'dist', ddp_train.exp / 'models' / 'net_g_latest.pth')
@@ -155,6 +158,7 @@ def test_distributed_test_cli_equals_single_process(ddp_train, single_process_me
     assert len(list(results.glob('test_dist_*.log'))) == 1
 
 
+@pytest.mark.slow
 def test_slurm_launcher_test_cli_equals_single_process(ddp_train, single_process_metrics, tmp_path):
     """``srun ... --launcher slurm`` with 2 tasks, imitated: SLURM's variables and an ``scontrol`` stub."""
     (tmp_path / 'bin').mkdir()
@@ -172,6 +176,7 @@ def test_slurm_launcher_test_cli_equals_single_process(ddp_train, single_process
         assert record[metric] == pytest.approx(single_process_metrics[metric], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_auto_resume_restarts_every_rank_from_the_same_state(ddp_train, tmp_path):
     exp = tmp_path / 'experiments' / 'ddp'
     shutil.copytree(ddp_train.exp, exp)
@@ -228,6 +233,7 @@ def spawned(tiny_sr_data, tmp_path_factory):
     return SimpleNamespace(work=work, opt_path=opt_path, complete=complete, ranks=load_ranks(work))
 
 
+@pytest.mark.slow
 def test_ddp_gradient_equals_single_process_double_batch(spawned):
     _, _, full = first_step(spawned.opt_path, spawned.work, slice(0, NPROC * BATCH))
     _, _, half = first_step(spawned.opt_path, spawned.work, slice(0, BATCH))
@@ -238,6 +244,65 @@ def test_ddp_gradient_equals_single_process_double_batch(spawned):
             torch.testing.assert_close(grad, full[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
+@pytest.mark.slow
 def test_auto_resume_choice_is_rank0s(spawned):
     expected = (str(spawned.complete / '3.state'), 3)
     assert [tuple(r['resume']) for r in spawned.ranks] == [expected] * NPROC
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """A machine with 2 GPUs, faked: CUDA is available, and ``torch.cuda.set_device`` and
+    ``init_process_group`` are recorded instead of run (no process group is made). LOCAL_RANK is 3."""
+    calls = SimpleNamespace(devices=[], groups=[])
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'set_device', calls.devices.append)
+    monkeypatch.setattr(torch.distributed, 'init_process_group', lambda **kwargs: calls.groups.append(kwargs))
+    monkeypatch.setenv('LOCAL_RANK', '3')
+    return calls
+
+
+def parse_launched(tmp_path, launcher='pytorch', **options):
+    """parse_options of the tiny training options updated with ``options``, under ``--launcher``."""
+    opt = dict(tiny_train_options(tmp_path, 'backend'), **options)
+    return parse_options(str(tmp_path), is_train=True,
+                         argv=['-opt', str(write_yaml(tmp_path / 'train.yml', opt)), '--launcher', launcher])[0]
+
+
+@pytest.mark.parametrize('num_gpu, dist_params, backend, devices', [
+    (0, None, 'gloo', []),  # a CPU run on a machine with GPUs: gloo (nccl cannot reduce CPU tensors), no GPU
+    ('auto', None, 'nccl', [1]),  # every GPU: nccl, the GPU of local rank 3 of 2
+    (1, None, 'nccl', [1]),
+    (1, {'backend': 'gloo'}, 'gloo', [1]),  # gloo asked for on GPUs: still the local rank's GPU
+])
+def test_backend_and_device_follow_num_gpu(fake_cuda, tmp_path, num_gpu, dist_params, backend, devices):
+    opt = parse_launched(tmp_path, num_gpu=num_gpu, dist_params=dist_params)
+    assert opt['num_gpu'] == (2 if num_gpu == 'auto' else num_gpu) and opt['dist'] is True
+    assert [group['backend'] for group in fake_cuda.groups] == [backend]
+    assert fake_cuda.devices == devices
+
+
+def test_nccl_for_a_cpu_run_is_refused(fake_cuda, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        parse_launched(tmp_path, num_gpu=0, dist_params={'backend': 'nccl'})
+    assert str(err.value).startswith("option 'dist_params.backend' is 'nccl' but the run trains on CPU (option "
+                                     "'num_gpu' is 0): nccl needs CUDA devices; set 'dist_params.backend: gloo'")
+    assert "set 'num_gpu' to auto or a GPU count" in str(err.value)
+    assert fake_cuda.groups == [] and fake_cuda.devices == []  # refused before anything starts
+
+
+def test_nccl_without_cuda_is_refused(fake_cuda, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
+    for launcher in ('pytorch', 'slurm'):  # before the SLURM environment is read
+        with pytest.raises(ConfigError, match=r"option 'dist_params\.backend' is 'nccl' but the run trains on CPU "
+                                              r"\(CUDA is not available\): nccl needs CUDA devices"):
+            parse_launched(tmp_path, launcher, num_gpu='auto', dist_params={'backend': 'nccl'})
+    assert fake_cuda.groups == [] and fake_cuda.devices == []
+
+
+def test_no_launcher_makes_no_process_group(fake_cuda, tmp_path):
+    opt = parse_launched(tmp_path, 'none', num_gpu=0, dist_params={'backend': 'nccl'})
+    assert opt['dist'] is False and (opt['rank'], opt['world_size']) == (0, 1)
+    assert fake_cuda.groups == [] and fake_cuda.devices == []

@@ -1,7 +1,8 @@
 """Distributed initialisation that works on GPUs (nccl) and CPU-only machines (gloo).
 
 Why not ``basicsr.utils.dist_util.init_dist``: it always calls ``torch.cuda.set_device`` and
-defaults to nccl, so it fails on machines without CUDA.
+defaults to nccl, so it fails on machines without CUDA. Ours follows the device the run trains on
+(option ``num_gpu``), not the hardware: a CPU run on a machine with GPUs uses gloo.
 """
 import os
 import subprocess
@@ -12,26 +13,36 @@ import torch.distributed as dist
 from .errors import ConfigError
 
 
-def default_backend():
-    return 'nccl' if torch.cuda.is_available() else 'gloo'
+def default_backend(on_cuda):
+    """The process-group backend for a run that trains on CUDA devices (nccl) or on CPU (gloo)."""
+    return 'nccl' if on_cuda else 'gloo'
 
 
-def init_dist(launcher, backend=None, port=None, **kwargs):
+def init_dist(launcher, num_gpu, backend=None, port=None, **kwargs):
     """Initialise the process group for ``--launcher pytorch`` (torchrun) or ``slurm``.
 
-    ``backend`` (option ``dist_params.backend``) defaults to nccl with CUDA, else gloo. With CUDA,
-    each process uses the GPU of its local rank, whatever the backend (gloo on GPUs would otherwise
-    put every process on GPU 0).
+    ``num_gpu`` is the resolved option (``auto`` already replaced by the GPU count): the run trains on
+    CUDA devices when it is above 0 and on CPU when it is 0, even on a machine with GPUs.
+    ``backend`` (option ``dist_params.backend``) defaults to nccl for a run on CUDA devices and gloo for
+    one on CPU (nccl cannot all-reduce CPU tensors). A run on CUDA devices puts each process on the GPU
+    of its local rank, whatever the backend (gloo on GPUs would otherwise put every process on GPU 0);
+    a run on CPU never selects a CUDA device.
     """
-    backend = backend or default_backend()
-    if backend == 'nccl' and not torch.cuda.is_available():
-        raise ConfigError("dist_params.backend is 'nccl' but CUDA is not available: remove the option "
-                          "(gloo is chosen on CPU-only machines) or set it to 'gloo'")
+    on_cuda = num_gpu > 0
+    backend = backend or default_backend(on_cuda)
+    if backend == 'nccl' and not on_cuda:
+        if torch.cuda.is_available():
+            cause, or_gpus = "option 'num_gpu' is 0", ", or set 'num_gpu' to auto or a GPU count"
+        else:
+            cause, or_gpus = 'CUDA is not available', ''
+        raise ConfigError(f"option 'dist_params.backend' is 'nccl' but the run trains on CPU ({cause}): nccl needs "
+                          "CUDA devices; set 'dist_params.backend: gloo' or remove it (gloo is chosen for CPU runs)"
+                          f"{or_gpus}")
     if launcher == 'slurm':
         _set_env_from_slurm(port)
     elif launcher != 'pytorch':
         raise ValueError(f"Unknown launcher '{launcher}'. Valid: none, pytorch, slurm.")
-    if torch.cuda.is_available():
+    if on_cuda:
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
     dist.init_process_group(backend=backend, **kwargs)
 

@@ -162,17 +162,17 @@ def parse_options(root_path, is_train=True, argv=None):
         print(dump_options(opt), end='')
         sys.exit(0)
 
-    if args.launcher == 'none':
-        opt['dist'] = False
-    else:
-        opt['dist'] = True
-        init_dist(args.launcher, **(opt.get('dist_params') or {}))
-    opt['rank'], opt['world_size'] = get_dist_info()
-
+    # num_gpu first: the process group's backend and device follow it (a num_gpu: 0 run uses gloo, on GPUs too)
     if opt['num_gpu'] == 'auto':
         opt['num_gpu'] = torch.cuda.device_count()
     if opt['num_gpu'] > 0 and not torch.cuda.is_available():
         raise ConfigError(f"num_gpu is {opt['num_gpu']} but CUDA is not available: set num_gpu: 0 or auto")
+    if args.launcher == 'none':
+        opt['dist'] = False
+    else:
+        opt['dist'] = True
+        init_dist(args.launcher, opt['num_gpu'], **(opt.get('dist_params') or {}))
+    opt['rank'], opt['world_size'] = get_dist_info()
 
     seed = opt.get('manual_seed')
     if seed is None:

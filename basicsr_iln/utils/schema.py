@@ -567,7 +567,8 @@ PATH = Section({
        for key in ('experiments_root', 'results_root', 'models', 'training_states', 'log', 'visualization')},
 })
 DIST_PARAMS = Section({
-    'backend': Option(OneOf('nccl', 'gloo', 'mpi'), None, 'process-group backend (default: nccl with CUDA, else gloo)'),
+    'backend': Option(OneOf('nccl', 'gloo', 'mpi'), None, 'process-group backend (default: nccl when training on '
+                      'GPUs, gloo on CPU: num_gpu 0)'),
     'port': Option(Integer(1, 65535), None, 'master port under --launcher slurm (default: $MASTER_PORT or 29500)'),
     'init_method': Option(Text(), None, "torch.distributed's init_method URL (default: env://)"),
 })
