@@ -80,35 +80,13 @@ def shifted_window_mask(x_size, window_size, shift_size, device=None):
     """(num_windows, N, N) additive mask that stops attention across the regions a cyclic shift joins.
 
     Built from comparisons with ``x_size`` (no Python branch or loop over it), so a traced or exported
-    network computes the mask for the size it is given. Under torch.compile (not while a graph is recorded
-    for export) it is one opaque op whose result is stored, as a kept mask is: computed in the graph, the
-    mask made inductor (CPU) lay the attention scores out with the windows innermost, so that every
-    batched matmul on them ran window by window (docs/benchmarks.md, torch.compile).
+    network computes the mask for the size it is given.
     """
-    if torch.compiler.is_compiling() and not recording_graph():
-        return stored_shifted_window_mask(*x_size, window_size, shift_size, torch.device(device or 'cpu'))
-    return _computed_shift_mask(x_size, window_size, shift_size, device)
-
-
-def _computed_shift_mask(x_size, window_size, shift_size, device):
     rows, cols = (_shift_regions(size, window_size, shift_size, device) for size in x_size)
     region = (rows[:, None] * 3 + cols[None, :])[None, :, :, None]
     region = window_partition(region, window_size).view(-1, window_size * window_size)
     different = (region.unsqueeze(1) - region.unsqueeze(2)) != 0
     return torch.zeros(different.shape, device=device).masked_fill(different, SHIFT_MASK_VALUE)
-
-
-@torch.library.custom_op('basicsr_iln::shifted_window_mask', mutates_args=())
-def stored_shifted_window_mask(height: int, width: int, window_size: int, shift_size: int,
-                               device: torch.device) -> torch.Tensor:
-    """``shifted_window_mask`` of an (height, width) input as a custom op (what torch.compile graphs call)."""
-    return _computed_shift_mask((height, width), window_size, shift_size, device)
-
-
-@stored_shifted_window_mask.register_fake
-def _(height, width, window_size, shift_size, device):
-    windows, tokens = (height // window_size) * (width // window_size), window_size * window_size
-    return torch.empty((windows, tokens, tokens), device=device)
 
 
 def _shift_regions(size, window_size, shift_size, device):
@@ -488,9 +466,11 @@ class RestorationTransformer(nn.Module):
         return StageInputs(attn_mask=self.shift_mask(x_size, device))
 
     def shift_mask(self, x_size, device):
-        """The shift mask for ``x_size``: the kept one when it is of that size (not computed on every
-        call), else computed (under torch.compile by an opaque op, see ``shifted_window_mask``). A recorded
-        graph (trace, export) always computes it, so that it is right at every size."""
+        """The shift mask for ``x_size``: the kept one when it is of that size, else computed.
+        Why keep one: computed inside a torch.compile graph, the mask made inductor (CPU) lay the attention
+        scores out with the windows innermost, so that every batched matmul on them ran window by window
+        (docs/benchmarks.md, torch.compile). A recorded graph (trace, export) always computes it, so that it
+        is right at every size."""
         kept = self.kept_shift_mask
         if kept is not None and not recording_graph() and tuple(x_size) == self.kept_mask_size:
             return kept
