@@ -5,7 +5,7 @@ whether BasicSR's data loader keeps up with the training step.
     python scripts/benchmark_speed.py [--archs SwinIR HAT DRCT] [--devices cpu cuda] [--repeats 15]
         [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8 | --released [--depths 6 --heads 6]]
         [--precision fp32] [--peak-tflops X] [--threads 1] [--profile SwinIR] [--out results.md]
-        [--block-shapes 2x1024x48 1x2304x180] [--compile] [--with-data [--workers 0 2] [--data-from DIR]
+        [--block-shapes 2x1024x48 1x2304x180] [--compile [--compiled-only]] [--with-data [--workers 0 2] [--data-from DIR]
         [--sub-size 480]]
 
 Variants: every arch x norm (ln, iln) at the same small x2 classical-SR config, plus ``basicsr``:
@@ -17,7 +17,10 @@ that IRModel trains every network with) on ``--batch`` LR crops of ``--train-siz
 
 Timing is interleaved: each round times every variant once, in an order rotated from round to
 round, so that load changes on a shared machine hit all variants alike; times are medians over
-rounds and ratios are medians of the per-round ratios (variants timed next to each other).
+rounds and ratios are medians of the per-round ratios (variants timed next to each other), from 6 rounds
+on with a distribution-free 95% interval of that median (``median_interval``; it takes rounds as
+independent, which slow load drifts make them not quite). ``--compiled-only`` times the compiled variants
+only.
 
 FLOPs of one training step and of one inference are counted once per variant, outside the timed rounds,
 by ``torch.utils.flop_counter.FlopCounterMode``; each timed row shows the achieved TFLOP/s and the MFU

@@ -163,10 +163,10 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
         per_window = bias.unsqueeze(0) + mask.unsqueeze(1)
         attn_mask = per_window.unsqueeze(0).expand(q.shape[0] // nw, -1, -1, -1, -1).reshape(
             q.shape[0], *per_window.shape[1:])
+    attn_mask = attn_mask.to(q.dtype)
     if q.device.type != 'cpu' and q.shape[-1] % FUSED_HEAD_DIM_MULTIPLE:
-        return _head_padded_attention(q, k, v, attn_mask.to(q.dtype), dropout_p, scale)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p, scale=scale)
+        return _head_padded_attention(q, k, v, attn_mask, dropout_p, scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
 
 
 # CUDA's fused attention kernels with an additive mask (memory-efficient, cuDNN) need head dims of a multiple
