@@ -412,7 +412,9 @@ def ddp_rank(rank, port, opt_path, root, out_dir):
         buckets.append(bucket.index())
         return allreduce_hook(None, bucket)
 
-    model.net_g.register_comm_hook(None, counting_allreduce)
+    ddp = model.net_g._orig_mod if opt['compile'] else model.net_g
+    assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)  # compiled: torch.compile around DDP
+    ddp.register_comm_hook(None, counting_allreduce)
     [batch] = batches(1, size=NPROC * 2 * PER_PROCESS)
     mine = {k: v.chunk(NPROC)[rank] for k, v in batch.items()}  # 4 samples: 2 micro-batches of 2
     first, last = ({k: v.chunk(2)[i] for k, v in mine.items()} for i in range(2))
@@ -426,13 +428,16 @@ def ddp_rank(rank, port, opt_path, root, out_dir):
     close_dist()
 
 
-@pytest.fixture(scope='module')
-def ddp_accumulation(tiny_sr_data, tmp_path_factory):
+@pytest.fixture(scope='module', params=[False, {'backend': 'aot_eager'}], ids=['eager', 'compiled'])
+def ddp_accumulation(request, tiny_sr_data, tmp_path_factory):
+    """Compiled: torch.compile around DDP (dynamo's DDPOptimizer; aot_eager traces forward and backward as
+    inductor would, without code generation)."""
     work = tmp_path_factory.mktemp('ddp_accumulation')
-    opt_path = write_yaml(work / 'ddp.yml', model_options(tiny_sr_data, 'ddp', batch=PER_PROCESS,
-                                                          global_batch_size=NPROC * 2 * PER_PROCESS))
+    opt = model_options(tiny_sr_data, 'ddp', batch=PER_PROCESS, global_batch_size=NPROC * 2 * PER_PROCESS)
+    opt['compile'] = request.param
+    opt_path = write_yaml(work / 'ddp.yml', opt)
     start_ranks(ddp_rank, (free_port(), opt_path, work, work), NPROC)
-    return SimpleNamespace(work=work, ranks=load_ranks(work))
+    return SimpleNamespace(work=work, ranks=load_ranks(work), compiled=bool(request.param))
 
 
 @pytest.mark.slow

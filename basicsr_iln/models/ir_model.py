@@ -229,7 +229,8 @@ class IRModel(SRModel):
         ``train.global_batch_size``, train.py calls this for all but the last micro-batch of a step and
         ``optimize_parameters`` for the last. Under DDP the gradients stay local meanwhile (``no_sync``),
         so the step costs one all-reduce, as without accumulation."""
-        local = self.net_g.no_sync() if isinstance(self.net_g, DistributedDataParallel) else contextlib.nullcontext()
+        ddp = self._ddp()
+        local = ddp.no_sync() if ddp is not None else contextlib.nullcontext()
         with local:
             self._backward_micro_batch()
 
@@ -374,19 +375,25 @@ class IRModel(SRModel):
             patch = training_input_size(self.opt)
             if patch is not None:  # the compiled graph then takes the patch's shift mask as an input
                 net.keep_shift_mask((patch, patch))
-        net = compile_network(net, self.opt.get('compile', False))
         if self.opt['dist']:
             device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
             net = DistributedDataParallel(
                 net, device_ids=device_ids, find_unused_parameters=self.opt.get('find_unused_parameters', False))
         elif self.opt['num_gpu'] > 1:
             net = torch.nn.DataParallel(net)
-        return net
+        # Compiled around DDP, as torch documents: dynamo's DDPOptimizer then splits the graph at DDP's gradient
+        # buckets, so each bucket's all-reduce overlaps the rest of the backward (a compiled module inside DDP
+        # has one backward graph, whose gradients all become ready, and are all-reduced, at its end).
+        return compile_network(net, self.opt.get('compile', False))
 
     def get_bare_model(self, net):
         """Also unwraps torch.compile: checkpoints, EMA and evaluation use the original module."""
-        net = super().get_bare_model(net)
-        return getattr(net, '_orig_mod', net)
+        return super().get_bare_model(getattr(net, '_orig_mod', net))
+
+    def _ddp(self):
+        """net_g's DistributedDataParallel wrapper (inside torch.compile's), None without DDP."""
+        net = getattr(self.net_g, '_orig_mod', self.net_g)
+        return net if isinstance(net, DistributedDataParallel) else None
 
     @torch.no_grad()
     def model_ema(self, decay=0.999, where=None):
