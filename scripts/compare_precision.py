@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
@@ -25,10 +24,12 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from basicsr_iln.utils.console import logged_curve  # noqa: E402
 # Smaller than the quickstart network and batch, so that both runs take minutes on a shared CPU.
 SMALL = {'network_g': {'embed_dim': 24, 'depths': [2, 2], 'num_heads': [2, 2], 'img_size': 24},
          'datasets': {'train': {'batch_size_per_gpu': 4, 'gt_size': 48}}}
-LOSS_LINE = re.compile(r'iter:\s*([\d,]+).*?l_pix: ([-+\d.eE]+|nan|inf)')
 TAIL = 20  # final training loss: mean over the last TAIL logged iterations
 
 
@@ -66,7 +67,7 @@ def train(opt, threads):
 def read_run(exp):
     """Logged (iteration, l_pix) pairs, the number of skipped non-finite steps, and the final metrics."""
     log = max(exp.glob('train_*.log'), key=lambda p: p.stat().st_mtime).read_text(encoding='utf-8')
-    curve = [(int(m.group(1).replace(',', '')), float(m.group(2))) for m in LOSS_LINE.finditer(log)]
+    curve = logged_curve(log)
     nonfinite = log.count('step skipped')
     final = [json.loads(line) for line in (exp / 'metrics.jsonl').read_text().splitlines()][-1]
     return curve, nonfinite, final

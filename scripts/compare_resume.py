@@ -21,13 +21,14 @@ small ratio, not 0, is expected there.
 import argparse
 import glob
 import math
-import re
 import sys
 from os import path as osp
 
 import torch
 
-LOSS_LINE = re.compile(r'iter:\s*(\d+), .*?l_pix: ([-+.\deE]+)')
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from basicsr_iln.utils.console import logged_curve  # noqa: E402
+
 
 
 def load_weights(folder, label):
@@ -90,7 +91,7 @@ def main(argv=None):
     if f'iter {args.from_iter} (' not in log_r or 'Resuming training' not in log_r:
         print(f'the resumed log has no "Resuming training ... iter {args.from_iter}" line')
         ok = False
-    loss_u, loss_r = ({int(i): float(v) for i, v in LOSS_LINE.findall(log)} for log in (log_u, log_r))
+    loss_u, loss_r = (dict(logged_curve(log)) for log in (log_u, log_r))
     common = sorted(set(loss_u) & set(loss_r))
     for it in common:
         print(f'iter {it}: l_pix uninterrupted {loss_u[it]:.4e}, resumed {loss_r[it]:.4e}')

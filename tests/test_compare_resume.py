@@ -1,7 +1,10 @@
 """scripts/compare_resume.py (the device check's resume comparison) passes a resume that continued the run and
 fails one that lost its place, on checkpoints and logs laid out as the train CLI writes them."""
+import math
+
 import torch
 
+from basicsr_iln.utils.console import logged_curve
 from helpers import REPO, run_python
 
 SCRIPT = REPO / 'scripts' / 'compare_resume.py'
@@ -35,3 +38,11 @@ def test_compare_resume_passes_a_continued_run_and_fails_a_lost_one(tmp_path):
         assert failed.returncode == 1 and 'resume check: FAILED' in failed.stdout, other
     missing = run_python([SCRIPT, tmp_path / 'ref', tmp_path / 'nowhere', '--from-iter', '50'])
     assert missing.returncode == 1 and 'missing:' in missing.stderr
+
+
+def test_logged_curve_reads_thousands_separators_and_non_finite_values():
+    log = LOG_LINE.format(it=50, loss=0.2) + LOG_LINE.format(it=12345, loss=0.1) + LOG_LINE.format(it=12346,
+                                                                                                  loss=float('nan'))
+    (first, a), (second, b), (third, c) = logged_curve(log)
+    assert (first, second, third) == (50, 12345, 12346) and (a, b) == (0.2, 0.1) and math.isnan(c)
+    assert logged_curve(log, 'grad_norm') == []

@@ -437,7 +437,7 @@ def ddp_accumulation(request, tiny_sr_data, tmp_path_factory):
     opt['compile'] = request.param
     opt_path = write_yaml(work / 'ddp.yml', opt)
     start_ranks(ddp_rank, (free_port(), opt_path, work, work), NPROC)
-    return SimpleNamespace(work=work, ranks=load_ranks(work), compiled=bool(request.param))
+    return SimpleNamespace(work=work, ranks=load_ranks(work))
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ progress lines a user watches; the log file keeps them for the record. A record 
 record is shown as before.
 """
 import logging
+import re
 from os import path as osp
 
 from basicsr.utils import MessageLogger, get_env_info, get_root_logger, get_time_str
@@ -59,3 +60,9 @@ class ProgressLogger(MessageLogger):
         super().__init__(opt, start_iter, tb_logger)
         self.max_iters += 1
 
+
+def logged_curve(log_text, name='l_pix'):
+    """(iteration, value) of ``name`` on each training line of a run log, as ProgressLogger writes them:
+    iterations with thousands separators, non-finite values as nan / inf."""
+    line = re.compile(rf'iter:\s*([\d,]+).*?{re.escape(name)}: ([-+\d.eE]+|nan|inf)')
+    return [(int(m.group(1).replace(',', '')), float(m.group(2))) for m in line.finditer(log_text)]
