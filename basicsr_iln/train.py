@@ -20,12 +20,12 @@ import basicsr_iln  # noqa: E402,F401  (registers everything, makes basicsr impo
 import torch  # noqa: E402
 from basicsr.data import build_dataloader  # noqa: E402
 from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
-from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from basicsr.train import init_tb_loggers  # noqa: E402
 from basicsr.utils import AvgTimer  # noqa: E402
 
 from basicsr_iln.analysis import build_dynamics_recorder  # noqa: E402
+from basicsr_iln.data.prefetch import SideStreamCopy, epoch_batches  # noqa: E402
 from basicsr_iln.utils.batching import describe_global_batch, micro_batches_per_step, process_batch  # noqa: E402
 from basicsr_iln.utils.checkpoint import prepare_resume, remove_stale_temporaries, resume_position  # noqa: E402
 from basicsr_iln.utils.checks import (build_dataset_checked, check_checkpoint_path, check_datasets,  # noqa: E402
@@ -53,15 +53,15 @@ class ResumableSampler(EnlargedSampler):
         return self.num_samples - self.skip
 
 
-def global_batches(prefetcher, steps, micro_batches):
-    """For each of ``steps`` optimizer steps, the list of its ``micro_batches`` consecutive loader batches.
+def global_batches(batches, steps, micro_batches):
+    """For each of ``steps`` optimizer steps, the list of its ``micro_batches`` consecutive ``batches``.
 
     The micro-batches left at the end of an epoch (fewer than a step needs) are never loaded, as the
     loader never loads its incomplete last batch: a run with 2 x 2 micro-batches then sees the very
     samples (and augmentation random draws) of a run with batch 4.
     """
     for _ in range(steps):
-        yield [prefetcher.next() for _ in range(micro_batches)]
+        yield [next(batches) for _ in range(micro_batches)]
 
 
 def create_dataloaders(opt, logger, micro_batches):
@@ -144,10 +144,7 @@ def train_pipeline(root_path, argv=None):
                 logger.info(f'Removed {path}: an unfinished checkpoint write of the interrupted run.')
 
     msg_logger = ProgressLogger(opt, current_iter, tb_logger)
-    if opt['datasets']['train'].get('prefetch_mode') == 'cuda':
-        prefetcher = CUDAPrefetcher(train_loader, opt)
-    else:
-        prefetcher = CPUPrefetcher(train_loader)
+    to_gpu = SideStreamCopy(model.device) if opt['datasets']['train'].get('prefetch_mode') == 'cuda' else None
 
     logger.info(f'Start training from epoch {start_epoch}, iter {current_iter}.')
     data_timer, iter_timer = AvgTimer(), AvgTimer()
@@ -160,8 +157,8 @@ def train_pipeline(root_path, argv=None):
         train_sampler.set_epoch(epoch, skip * micro_batches * process_batch(opt)[0])
         steps = min(iters_per_epoch - skip, total_iters - current_iter)
         skip = 0
-        prefetcher.reset()
-        for step_data in global_batches(prefetcher, steps, micro_batches):
+        batches = epoch_batches(train_loader, steps * micro_batches, to_gpu)
+        for step_data in global_batches(batches, steps, micro_batches):
             data_timer.record()
             current_iter += 1  # one iteration = one optimizer step
             model.update_learning_rate(current_iter, warmup_iter=opt['train'].get('warmup_iter', -1))

@@ -1,7 +1,8 @@
 """CUDA: the GPU path computes what the CPU path computes (skipped without CUDA; run by scripts/device_check.sh).
 
 What only CUDA exercises: SDPA's fused kernels with the additive bias (with a gradient for it), bf16/fp16
-autocast of whole training steps, the chunked inference on GPU memory, and training steps without host syncs.
+autocast of whole training steps, the chunked inference on GPU memory, training steps without host syncs, and
+the side-stream copy of ``prefetch_mode: cuda``.
 """
 import math
 
@@ -103,7 +104,8 @@ def test_chunked_inference_bounds_cuda_memory():
 def test_a_training_step_never_syncs_with_the_host(tiny_sr_data, tmp_path, precision):
     """CUDA's sync debug mode raises on any synchronizing call (``.item()``, a blocking copy to the host, a
     tensor read as a Python number): the whole step (forward, backward, checks, clipping, fused Adam, EMA) has
-    none, including a step with a NaN gradient, which is skipped on the device and reported with the log."""
+    none, including a step with a NaN gradient, which is skipped on the device and reported with the log, and
+    the copy of a page-locked batch (``pin_memory: true``) to the GPU."""
     from basicsr.models import build_model
     from basicsr_iln.utils.options import parse_options
     from helpers import tiny_train_options, write_yaml
@@ -114,18 +116,45 @@ def test_a_training_step_never_syncs_with_the_host(tiny_sr_data, tmp_path, preci
     opt, _ = parse_options(str(tmp_path), is_train=True, argv=['-opt', str(write_yaml(tmp_path / 'n.yml', opt))])
     model = build_model(opt)
     gen = torch.Generator().manual_seed(0)
-    data = {'lq': torch.rand(2, 3, 16, 16, generator=gen), 'gt': torch.rand(2, 3, 32, 32, generator=gen)}
-    model.feed_data(data)  # the copy to the GPU blocks on pageable memory: outside the checked region
+    data = {'lq': torch.rand(2, 3, 16, 16, generator=gen).pin_memory(),
+            'gt': torch.rand(2, 3, 32, 32, generator=gen).pin_memory()}
     weight = model.get_bare_model(model.net_g).conv_first.weight
     for it, hook in ((1, None), (2, weight.register_hook(lambda grad: grad * float('nan')))):
         torch.cuda.set_sync_debug_mode('error')
         try:
+            model.feed_data(data)
             model.optimize_parameters(it)
         finally:
             torch.cuda.set_sync_debug_mode('default')
         if hook is not None:
             hook.remove()
-        model.feed_data(data)
     log = model.get_current_log()
     assert model.nonfinite_streak == 1 and math.isnan(log['grad_norm'])
     assert all(torch.isfinite(p).all() for p in model.get_bare_model(model.net_g).parameters())
+
+
+def test_side_stream_copies_hand_the_loaders_batches_to_the_current_stream():
+    """``prefetch_mode: cuda``: every batch of a pinned loader arrives on the GPU equal to the loader's, the copy
+    does not sync with the host, and the memory belongs to the stream that reads it (a kernel queued right
+    after on that stream sees the copied values)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from basicsr_iln.data.prefetch import SideStreamCopy, epoch_batches
+
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(TensorDataset(images), batch_size=2, pin_memory=True,
+                        collate_fn=lambda items: {'lq': torch.stack([i[0] for i in items]), 'name': 'batch'})
+    pinned = list(loader)  # pinned by the loader, outside the checked region
+    busy = torch.randn(2048, 2048, device=CUDA)
+    copy = SideStreamCopy(CUDA)
+    sums = []
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        for batch in epoch_batches(pinned, len(pinned), copy):
+            busy = busy @ busy / 2048  # keeps the current stream busy while the next copy runs beside it
+            assert batch['lq'].device.type == 'cuda' and batch['name'] == 'batch'
+            sums.append(batch['lq'].sum())
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    expected = [b['lq'].sum() for b in pinned]
+    assert torch.allclose(torch.stack(sums).cpu(), torch.stack(expected), rtol=1e-5)

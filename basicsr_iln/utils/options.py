@@ -117,7 +117,7 @@ def _check_loader(dataset, where, is_train_phase):
             raise ConfigError(f"option '{where}.prefetch_mode' is 'cuda' but CUDA is not available: use null or 'cpu'")
         if not dataset.get('pin_memory'):
             raise ConfigError(f"option '{where}.prefetch_mode: cuda' needs '{where}.pin_memory: true' "
-                              "(BasicSR's CUDA prefetcher copies from page-locked memory)")
+                              "(its side-stream copy is asynchronous only from page-locked memory)")
     if dataset.get('persistent_workers') and not (is_train_phase and dataset['num_worker_per_gpu'] > 0):
         raise ConfigError(f"option '{where}.persistent_workers: true' needs loader workers: num_worker_per_gpu > 0 "
                           'in the train phase (validation and test loaders have none)')

@@ -403,7 +403,8 @@ COMMON_DATASET = {
     'use_shuffle': Option(Boolean(), None, "BasicSR's flag; training batches are always shuffled (by the sampler)",
                           train_only=True),
     'prefetch_mode': Option(OneOf(None, 'cpu', 'cuda'), None, 'null: plain loader; cpu: a queue of batches loaded '
-                            'ahead; cuda: batches copied to the GPU ahead (needs pin_memory: true)', train_only=True),
+                            'ahead by a thread; cuda: each batch copied to the GPU on a side stream (needs '
+                            'pin_memory: true)', train_only=True),
     'num_prefetch_queue': Option(POSITIVE_INT, None, 'batches loaded ahead with prefetch_mode: cpu (default 1)',
                                  train_only=True),
     'pin_memory': Option(Boolean(), False, 'page-locked batches (faster copies to the GPU)', train_only=True),
