@@ -205,19 +205,21 @@ def _stored_bias_op_checks():
     assert graph_ops.count(torch.ops.basicsr_iln.relative_position_bias.default) == 2  # one per block
 
 
+@pytest.mark.parametrize('windows', [1, 3])
 @pytest.mark.parametrize('head_dim', [30, 12])
-def test_head_padded_attention_equals_the_unpadded_one_with_gradients(head_dim):
-    """The zero-padded head dim (CUDA's fused kernels need a multiple of 8) changes nothing: values and the
-    gradients of q, k, v and the additive mask (the learned bias) are those of the unpadded attention."""
+def test_head_padded_attention_equals_the_unpadded_one_with_gradients(head_dim, windows):
+    """The zero-padded head dim (CUDA's fused kernels need a multiple of 8) and the windows folded into heads
+    change nothing: values and the gradients of q, k, v and the learned bias are those of the explicit
+    attention, with and without a shift mask."""
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(4, 3, 16, head_dim, generator=gen, requires_grad=True) for _ in range(3))
-    mask = torch.randn(4, 3, 16, 16, generator=gen, requires_grad=True)
-    grad = torch.randn(4, 3, 16, head_dim, generator=gen)
+    q, k, v = (torch.randn(2 * windows, 3, 16, head_dim, generator=gen, requires_grad=True) for _ in range(3))
+    bias = torch.randn(3, 16, 16, generator=gen, requires_grad=True)
+    mask = torch.randn(windows, 16, 16, generator=gen) if windows > 1 else None
+    grad = torch.randn(2 * windows, 3, 16, head_dim, generator=gen)
     results = []
-    for attention in (lambda *a: F.scaled_dot_product_attention(*a[:3], attn_mask=a[3]),
-                      lambda *a: _head_padded_attention(*a, 0.0, None)):
-        out = attention(q, k, v, mask)
-        results.append((out, torch.autograd.grad(out, (q, k, v, mask), grad)))
+    for attention in (_explicit_biased_attention, _head_padded_attention):
+        out = attention(q, k, v, bias, mask, 0.0, None)
+        results.append((out, torch.autograd.grad(out, (q, k, v, bias), grad)))
     (reference, reference_grads), (padded, padded_grads) = results
     torch.testing.assert_close(padded, reference)
     for got, expected in zip(padded_grads, reference_grads):
@@ -231,14 +233,15 @@ def test_attention_off_the_cpu_pads_unaligned_head_dims_only(monkeypatch):
     sdpa = F.scaled_dot_product_attention
 
     def recording_sdpa(q, *args, **kwargs):
-        seen.append(q.shape[-1])
+        seen.append((q.shape[-1], tuple(kwargs['attn_mask'].shape)))
         return sdpa(q, *args, **kwargs)
 
     monkeypatch.setattr(F, 'scaled_dot_product_attention', recording_sdpa)
     for device, head_dim in (('meta', 30), ('cpu', 30), ('meta', 16)):
-        q = torch.randn(2, 3, 16, head_dim, device=device)
+        q = torch.randn(4, 3, 16, head_dim, device=device)  # 2 images x 2 windows
         bias, mask = torch.zeros(3, 16, 16, device=device), torch.zeros(2, 16, 16, device=device)
         with torch.no_grad():
             assert biased_attention(q, q, q, bias, mask).shape == q.shape
-    assert seen == [32, 30, 16] and FUSED_HEAD_DIM_MULTIPLE == 8
+    # Padded, the windows are heads and the bias + mask is stored once for both images, not once per image.
+    assert seen == [(32, (1, 6, 16, 16)), (30, (4, 3, 16, 16)), (16, (4, 3, 16, 16))] and FUSED_HEAD_DIM_MULTIPLE == 8
 

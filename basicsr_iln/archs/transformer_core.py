@@ -156,6 +156,8 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
     """
     if q.device.type == 'cpu' and bias.requires_grad and torch.is_grad_enabled() and not recording_graph():
         return _explicit_biased_attention(q, k, v, bias, mask, dropout_p, scale)
+    if q.device.type != 'cpu' and q.shape[-1] % FUSED_HEAD_DIM_MULTIPLE:
+        return _head_padded_attention(q, k, v, bias, mask, dropout_p, scale)
     if mask is None:
         attn_mask = bias.unsqueeze(0)
     else:
@@ -163,10 +165,7 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
         per_window = bias.unsqueeze(0) + mask.unsqueeze(1)
         attn_mask = per_window.unsqueeze(0).expand(q.shape[0] // nw, -1, -1, -1, -1).reshape(
             q.shape[0], *per_window.shape[1:])
-    attn_mask = attn_mask.to(q.dtype)
-    if q.device.type != 'cpu' and q.shape[-1] % FUSED_HEAD_DIM_MULTIPLE:
-        return _head_padded_attention(q, k, v, attn_mask, dropout_p, scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p, scale=scale)
 
 
 # CUDA's fused attention kernels with an additive mask (memory-efficient, cuDNN) need head dims of a multiple
@@ -175,14 +174,24 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
 FUSED_HEAD_DIM_MULTIPLE = 8
 
 
-def _head_padded_attention(q, k, v, attn_mask, dropout_p, scale):
-    """SDPA with q, k, v zero-padded to a head dim of a multiple of FUSED_HEAD_DIM_MULTIPLE: zeros add nothing
-    to q k^T, the scale stays that of the real head dim, and v's zero columns are sliced off the output."""
-    head_dim = q.shape[-1]
+def _head_padded_attention(q, k, v, bias, mask, dropout_p, scale):
+    """``biased_attention`` with q, k, v zero-padded to a head dim of a multiple of FUSED_HEAD_DIM_MULTIPLE: zeros
+    add nothing to q k^T, the scale stays that of the real head dim, and v's zero columns are sliced off the
+    output. The padded copies are contiguous, so with a shift mask the windows of each image become heads at
+    no cost, (B, nW * heads, N, d): the per-window bias + mask, (1, nW * heads, N, N), is then broadcast over
+    the batch instead of being stored (and kept for backward) once per image."""
+    head_dim, windows_heads = q.shape[-1], q.shape[:2]
     pad = (0, -head_dim % FUSED_HEAD_DIM_MULTIPLE)
-    out = F.scaled_dot_product_attention(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), attn_mask=attn_mask,
-                                         dropout_p=dropout_p, scale=head_dim**-0.5 if scale is None else scale)
-    return out[..., :head_dim]
+    q, k, v = (F.pad(t, pad) for t in (q, k, v))
+    attn_mask = bias.unsqueeze(0)
+    if mask is not None:
+        nw = mask.shape[0]
+        folded = (q.shape[0] // nw, nw * q.shape[1])
+        q, k, v = (t.reshape(*folded, *t.shape[2:]) for t in (q, k, v))
+        attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).view(1, folded[1], *bias.shape[1:])
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p,
+                                         scale=head_dim**-0.5 if scale is None else scale)
+    return out[..., :head_dim].reshape(*windows_heads, *out.shape[2:-1], head_dim)
 
 
 def _explicit_biased_attention(q, k, v, bias, mask, dropout_p, scale):
