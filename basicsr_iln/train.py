@@ -78,6 +78,8 @@ def create_dataloaders(opt, logger, micro_batches):
                                   f'micro-batches) = {batch} is larger than the {len(train_set)} training images '
                                   f'(x dataset_enlarge_ratio {enlarge})')
             train_sampler = ResumableSampler(train_set, opt['world_size'], opt['rank'], enlarge)
+            # Page-locked memory is for copies to a GPU: a CPU run would only get torch's warning that it has none.
+            dataset_opt = {**dataset_opt, 'pin_memory': bool(dataset_opt.get('pin_memory')) and opt['num_gpu'] > 0}
             train_loader = build_dataloader(train_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                             sampler=train_sampler, seed=opt['manual_seed'])
             # Iterating a loader draws a seed from the global torch RNG; with its own generator, the

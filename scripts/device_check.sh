@@ -8,11 +8,11 @@
 # (limits are caps, not measured times: the script has not run on a GPU yet.)
 #
 # core: the CUDA tests (tests/test_cuda.py); HAT-mini i-LN trained 100 iterations on the quickstart data through
-#   torchrun + nccl (world size 1) in bf16 and in fp16; the bf16 run's 50-iteration checkpoint copied into a run
-#   of its own and resumed to 100, then scripts/compare_resume.py: how far its final weights and logged losses
-#   are from the uninterrupted run's; benchmark_speed.py on CUDA for SwinIR (ours LN / i-LN and BasicSR's) at
-#   the released width (embed 180, window 16, one residual group of 6 blocks) eager, then eager + compiled at
-#   2 blocks (compiling 3 variants of 6 blocks would not fit).
+#   torchrun + nccl (world size 1) in bf16 (with prefetch_mode: cuda) and in fp16; the bf16 run's 50-iteration
+#   checkpoint copied into a run of its own and resumed to 100, then scripts/compare_resume.py: how far its final
+#   weights and logged losses are from the uninterrupted run's; benchmark_speed.py on CUDA for SwinIR (ours LN /
+#   i-LN and BasicSR's) at the released width (embed 180, window 16, one residual group of 6 blocks) eager, then
+#   eager + compiled at 2 blocks (compiling 3 variants of 6 blocks would not fit).
 # extra: the quickstart SwinIR trained 200 iterations in fp32, bf16 and fp16 and HAT-mini i-LN 100 in fp32
 #   (torchrun + nccl); benchmark_speed.py --with-data in bf16 (BasicSR's loader from PNG and LMDB sub-images,
 #   0, 4 and 8 workers: can it keep the GPU busy?); benchmark_large_image.py on CUDA at 1080x1920.
@@ -152,7 +152,9 @@ step quickstart_data 20 "$PY" scripts/make_quickstart_dataset.py
 
 if [ "$PART" = core ]; then
     step cuda_tests 70 "$PY" -m pytest -q -ra -o addopts= -p no:cacheprovider tests/test_cuda.py
-    train hat_mini_iln_bf16 60 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_100[@]}" train:precision=bf16
+    # The bf16 pair copies its (page-locked) batches on a side stream: prefetch_mode: cuda, with its resume.
+    train hat_mini_iln_bf16 60 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_100[@]}" train:precision=bf16 \
+        datasets:train:prefetch_mode=cuda
     train hat_mini_iln_fp16 50 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_100[@]}" train:precision=fp16
     # Resume: the bf16 run's 50-iteration checkpoint, copied into a run of its own (as a run cut at 50 would have
     # left it), trained on to 100 there; the uninterrupted run's files stay as they are, for the comparison.
@@ -160,7 +162,7 @@ if [ "$PART" = core ]; then
     step resume_copy 5 bash -c 'mkdir -p "$2/models" "$2/training_states" && cp "$1/models/net_g_50.pth" "$2/models/" &&
         cp "$1/training_states/50.state" "$2/training_states/"' _ "$FULL" "$RESUMED"
     train hat_mini_iln_bf16_resumed 45 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_100[@]}" train:precision=bf16 \
-        path:resume_state="$RESUMED/training_states/50.state"
+        datasets:train:prefetch_mode=cuda path:resume_state="$RESUMED/training_states/50.state"
     step compare_resume 15 "$PY" scripts/compare_resume.py "$FULL" "$RESUMED" --from-iter 50
     [ "$LAST_RC" -ne 0 ] || sed 's/^/      /' "$LOGS/compare_resume.log" | tee -a "$SUMMARY"  # (failed: shown above)
     step benchmark_speed 25 "$PY" "${SPEED[@]}" --depths 6 --repeats 15 --out "$OUT/benchmark_speed.md"

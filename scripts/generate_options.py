@@ -125,6 +125,9 @@ FULL_SCHEDULE = [250000, 400000, 450000, 475000]
 FINETUNE_SCHEDULE = [125000, 200000, 225000, 240000]  # HAT / official i-LN x4 fine-tuning
 RESTORATION_SCHEDULE = [800000, 1200000, 1400000, 1500000]  # KAIR DN/CAR (1.6M iterations)
 DEFAULT_WORKERS = 6  # loader workers per GPU (HAT, official HAT-dagger); not a training value
+# Page-locked batches (HAT's and the official i-LN's option files): the copy to the GPU then does not block the
+# host (IRModel.feed_data), so a training step has no host sync. Not a training value.
+PIN_MEMORY = True
 KEEP_LAST_CHECKPOINTS = 5  # logger.keep_last_checkpoints (IRModel); net_g_latest.pth is always kept
 GRAD_CLIP_NORM = 0.01
 # Parent run of a fine-tuning chain: weights of its EMA network; strict loading cannot work across
@@ -404,7 +407,8 @@ def train_dataset(task, p):
     else:
         opt = degraded('DF2K', task, f'{TRAIN_ROOT}/HR_sub')
     opt.update(gt_size=p['gt_size'].value, use_hflip=True, use_rot=True, num_worker_per_gpu=DEFAULT_WORKERS,
-               batch_size_per_gpu=p['gpus'].value[1], dataset_enlarge_ratio=p['enlarge'].value, prefetch_mode=None)
+               batch_size_per_gpu=p['gpus'].value[1], dataset_enlarge_ratio=p['enlarge'].value, prefetch_mode=None,
+               pin_memory=PIN_MEMORY)
     return opt
 
 

@@ -407,7 +407,8 @@ COMMON_DATASET = {
                             'pin_memory: true)', train_only=True),
     'num_prefetch_queue': Option(POSITIVE_INT, None, 'batches loaded ahead with prefetch_mode: cpu (default 1)',
                                  train_only=True),
-    'pin_memory': Option(Boolean(), False, 'page-locked batches (faster copies to the GPU)', train_only=True),
+    'pin_memory': Option(Boolean(), False, 'page-locked batches: copies to the GPU that do not block the host '
+                         '(ignored without a GPU)', train_only=True),
     'persistent_workers': Option(Boolean(), False, 'keep loader workers alive between epochs (needs workers)',
                                  train_only=True),
     'allow_special_modes': Option(Boolean(), None, 'true: accept 16-bit, alpha and palette images, which BasicSR '
