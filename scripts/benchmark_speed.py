@@ -38,9 +38,10 @@ bundled with scikit-image) into a temporary folder, once as PNG files and once a
 (``make_lmdb_from_imgs``), read by BasicSR's ``PairedImageDataset`` (training crops, flips, rotations) and
 ``build_dataloader`` with each of ``--workers`` (one loader per source and worker count serves every
 variant). Per source and worker count: loader-only samples/s (batches taken, nothing else), full-iteration
-samples/s (next batch, ``.to(device)``, training step) and its ratio to compute-only samples/s (the same
-steps on fixed tensors), all in the same interleaved rounds; each timed call takes several batches after
-emptying the loader's prefetch queue (filled while other calls ran).
+samples/s (next batch, ``.to(device)``, training step; on CUDA from page-locked batches, copied without
+blocking) and its ratio to compute-only samples/s (the same steps on fixed tensors), all in the same
+interleaved rounds; each timed call takes several batches after emptying the loader's prefetch queue (filled
+while other calls ran).
 The files were just written, so they are read from the OS page cache: decoding is measured, disk reads are not.
 
 ``--block-shapes BxLxC ...`` adds the same LN vs i-LN comparison for one block half alone (norm,
@@ -517,13 +518,14 @@ def write_data_sources(args, root):
 class LoaderFeed:
     """BasicSR's training loader (PairedImageDataset, build_dataloader) over one source with ``workers``
     workers. Its sampler's epoch (BasicSR's enlarge ratio) covers ``calls`` timed calls, so no worker
-    restarts inside the rounds, as in a training run between epochs."""
+    restarts inside the rounds, as in a training run between epochs. For a GPU the batches are page-locked
+    and copied without blocking, as the training option files and IRModel.feed_data do."""
 
-    def __init__(self, args, source, workers, calls):
+    def __init__(self, args, source, workers, calls, device):
         gt, lq, backend = source
         opt = dict(phase='train', scale=SCALE, gt_size=SCALE * args.train_size, use_hflip=True, use_rot=True,
                    dataroot_gt=str(gt), dataroot_lq=str(lq), io_backend={'type': backend},
-                   batch_size_per_gpu=args.batch, num_worker_per_gpu=workers)
+                   batch_size_per_gpu=args.batch, num_worker_per_gpu=workers, pin_memory=device.type == 'cuda')
         dataset = PairedImageDataset(opt)
         self.prefetched = 2 * workers  # DataLoader's prefetch_factor (2) batches per worker
         batches = calls * (self.prefetched + 1 + DATA_ITERS)
@@ -545,7 +547,7 @@ class LoaderFeed:
 
     def _next_on(self, device):
         batch = next(self.batches)
-        return batch['lq'].to(device), batch['gt'].to(device)
+        return batch['lq'].to(device, non_blocking=True), batch['gt'].to(device, non_blocking=True)
 
     def train(self, bench):
         """Seconds of DATA_ITERS whole iterations of ``bench``: next batch, to(device), training step."""
@@ -573,7 +575,8 @@ def data_benchmark(args, device):
         benches = {v: Bench(args, v, device) for v in variants}
         flops = {v: benches[v].flops()[0] for v in variants}
         calls = (args.warmup + args.repeats) * (1 + len(variants))
-        feeds = {(s, w): LoaderFeed(args, source, w, calls) for s, source in sources.items() for w in args.workers}
+        feeds = {(s, w): LoaderFeed(args, source, w, calls, device) for s, source in sources.items()
+                 for w in args.workers}
         runs = {('compute', v): partial(compute_steps, b) for v, b in benches.items()}
         runs.update({('load', f): feed.load for f, feed in feeds.items()})
         runs.update({('full', v, f): partial(feed.train, benches[v]) for v in variants for f, feed in feeds.items()})
