@@ -1,9 +1,11 @@
 """The maths of the norm family: holistic statistics, homothety, homogeneity, batch independence."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import basicsr_iln  # noqa: F401
-from basicsr_iln.archs.norms import NORM_TYPES, Affine, HolisticLayerNorm, build_branch_norm, build_stem_norm
+from basicsr_iln.archs.norms import (NORM_TYPES, Affine, HolisticLayerNorm, _CentredHolisticLayerNormFunction,
+                                     _HolisticLayerNormFunction, build_branch_norm, build_stem_norm)
 from basicsr_iln.archs.transformer_core import TransformerBlock
 
 torch.manual_seed(0)
@@ -102,25 +104,66 @@ def test_iln_statistics_are_float32_under_half_precision():
     assert sigma.dtype == torch.float32 and torch.isfinite(y).all()
 
 
-def test_ln_star_off_the_cpu_does_not_use_layer_norm_kernels_over_whole_images():
+class FeatureMapPasses(TorchDispatchMode):
+    """Names of the ops that read or write a tensor of ``numel`` elements (views excluded)."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in [*(out if isinstance(out, (tuple, list)) else [out]), *args] if torch.is_tensor(t)]
+        if not func.is_view and func is not torch.ops.aten.detach.default and any(
+                t.numel() == self.numel for t in tensors):
+            self.ops.append(func.overloadpacket.__name__)
+        return out
+
+
+def test_ln_star_off_the_cpu_runs_few_passes_and_no_layer_norm_kernel_over_whole_images():
     """CUDA's LayerNorm kernels give each normalised row one thread block; over (L, C) a row is a whole image.
-    Off the CPU (here the meta device stands in for CUDA) LN* runs as plain reductions."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Ops(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.add(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
+    Off the CPU (here the meta device stands in for CUDA) LN* runs as device-wide reductions and elementwise
+    passes: 3 over the feature map forward and 5 backward (autograd through the plain formula: 7 and 19)."""
     norm = HolisticLayerNorm(16)
     for device, uses_layer_norm in (('cpu', True), ('meta', False)):
-        seen = set()
         x = tokens().to(device).requires_grad_()
-        with Ops():
+        with FeatureMapPasses(x.numel()) as forward:
             y, sigma = norm.to(device).forward_with_scale(x)
-            (y.sum() + sigma.sum()).backward()
-        assert ('native_layer_norm' in seen) == uses_layer_norm, (device, sorted(seen))
-        assert ('native_layer_norm_backward' in seen) == uses_layer_norm, device
+        grads = torch.ones_like(y), torch.ones_like(sigma)
+        with FeatureMapPasses(x.numel()) as backward:
+            torch.autograd.backward([y, sigma], grads)
+        ops = forward.ops + backward.ops
+        assert ('native_layer_norm' in ops) == uses_layer_norm, (device, ops)
+        assert ('native_layer_norm_backward' in ops) == uses_layer_norm, (device, ops)
+        if not uses_layer_norm:
+            assert (len(forward.ops), len(backward.ops)) == (3, 5), ops
+        with torch.no_grad(), FeatureMapPasses(x.numel()) as inference:
+            norm.forward_with_scale(x)
+        assert len(inference.ops) <= 3 and 'native_layer_norm' not in inference.ops[1:], inference.ops
+
+
+@pytest.mark.parametrize('use_std', [True, False])
+def test_ln_star_of_other_devices_has_exact_gradients(use_std):
+    """The off-CPU function's hand-written backward against finite differences (float64), and its values and
+    gradients against the CPU's function (float32), with and without a gradient for the std."""
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 10, 6, generator=gen) * 3 + 5).double().requires_grad_()
+    gamma, beta = (torch.randn(6, generator=gen).double().requires_grad_() for _ in range(2))
+
+    def outputs(function, *args):
+        y, std = function.apply(*args, 1e-4)
+        return (y, std) if use_std else y
+
+    assert torch.autograd.gradcheck(lambda *a: outputs(_CentredHolisticLayerNormFunction, *a), (x, gamma, beta))
+    results = []
+    grad_y, grad_std = torch.randn(x.shape, generator=gen), torch.randn(2, 1, 1, generator=gen)
+    for function in (_CentredHolisticLayerNormFunction, _HolisticLayerNormFunction):
+        leaves = [t.detach().float().requires_grad_() for t in (x, gamma, beta)]
+        y, std = function.apply(*leaves, 1e-4)
+        torch.autograd.backward([y, std] if use_std else [y], [grad_y, grad_std] if use_std else [grad_y])
+        results.append((y, std, *(t.grad for t in leaves)))
+    for ours, cpu in zip(*results):
+        torch.testing.assert_close(ours, cpu, rtol=1e-5, atol=1e-5)
 
 
 def test_residual_scales_of_the_ablations_and_scalings():

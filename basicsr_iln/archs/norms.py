@@ -121,8 +121,7 @@ def _holistic_layer_norm(x, gamma, beta, eps, keep_x_hat=True):
 
 
 def _plain_holistic_layer_norm(x, gamma, beta, eps):
-    """``(y, std)`` of LN* from plain differentiable ops, for recorded and compiled graphs (see ``plain_ops``)
-    and for devices other than the CPU."""
+    """``(y, std)`` of LN* from plain differentiable ops, for recorded and compiled graphs (see ``plain_ops``)."""
     dims = tuple(range(1, x.dim()))
     centred = x - x.mean(dim=dims, keepdim=True)
     std = torch.sqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
@@ -174,6 +173,48 @@ class _HolisticLayerNormFunction(torch.autograd.Function):
         return grad_x, grad_gamma, grad_beta, None
 
 
+def _centred_holistic_layer_norm(x, gamma, beta, eps):
+    """``(y, std, centred, rstd)`` of LN* + affine from one reduction over each sample (var_mean) and two
+    elementwise passes, ``y = (x - mean) * (gamma * rstd) + beta``; no autograd."""
+    var, mean = torch.var_mean(x, dim=tuple(range(1, x.dim())), unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    centred = x - mean
+    return torch.addcmul(beta.to(x.dtype), centred, gamma.to(x.dtype) * rstd), rstd.reciprocal(), centred, rstd
+
+
+class _CentredHolisticLayerNormFunction(torch.autograd.Function):
+    """``(LN*(x) * gamma + beta, sqrt(var + eps))`` for devices other than the CPU, where LayerNorm's kernels,
+    which give each normalised row one thread block, would run a whole image in one block.
+
+    Every op here is a reduction that torch spreads over the whole device or an elementwise pass: 3 passes over
+    the feature map forward and 5 backward, where autograd through the plain formula takes 7 and 19 (counted
+    at torch's dispatcher by tests/test_norms.py). Backward keeps ``x - mean`` and needs from it only the
+    per-(sample, channel) sums S1 = sum_tokens(grad_y) and S2 = sum_tokens(grad_y * (x - mean)): the gradient of
+    LN* is ``grad_y * gamma * rstd`` plus per-sample multiples of ``x - mean`` and of 1, and the std's gradient,
+    x_hat / N, adds to the first multiple.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        y, std, centred, rstd = _centred_holistic_layer_norm(x, gamma, beta, eps)
+        ctx.save_for_backward(centred, rstd, gamma)
+        return y, std
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_std):  # unused outputs get zero gradients (materialize_grads)
+        centred, rstd, gamma = ctx.saved_tensors
+        gamma = gamma.to(grad_y.dtype)
+        count = centred.numel() // centred.shape[0]
+        sum_grad = grad_y.sum(dim=1, keepdim=True)  # S1, (B, 1, C)
+        sum_grad_x_hat = (grad_y * centred).sum(dim=1, keepdim=True) * rstd  # S2 * rstd = sum(grad_y * x_hat)
+        mean_grad = (sum_grad * gamma).sum(dim=-1, keepdim=True) / count  # mean(grad_x_hat), (B, 1, 1)
+        mean_grad_x_hat = (sum_grad_x_hat * gamma).sum(dim=-1, keepdim=True) / count  # mean(grad_x_hat * x_hat)
+        grad_x = torch.addcmul(-rstd * mean_grad, grad_y, gamma * rstd)
+        grad_x.addcmul_(centred, rstd * (grad_std / count - rstd * mean_grad_x_hat))
+        reduce = tuple(range(sum_grad.dim() - 1))
+        return grad_x, sum_grad_x_hat.sum(dim=reduce), sum_grad.sum(dim=reduce), None
+
+
 class HolisticLayerNorm(FamilyNorm, nn.Module):
     """LN*: one mean and one biased variance per sample over all tokens and channels, then a
     per-channel affine. With ``rescale`` (i-LN) the branch output is multiplied by sqrt(var + eps)
@@ -192,14 +233,15 @@ class HolisticLayerNorm(FamilyNorm, nn.Module):
 
     def forward_with_scale(self, x):
         args = x.float(), self.gamma, self.beta, self.eps
-        # Off the CPU, plain ops too: CUDA's LayerNorm kernels (forward and backward) give each normalised
-        # row one thread block, and over (L, C) a row is a whole image (one block per image).
-        if plain_ops() or x.device.type != 'cpu':
+        on_cpu = x.device.type == 'cpu'  # elsewhere not LayerNorm's kernels: see _CentredHolisticLayerNormFunction
+        if plain_ops():
             y, std = _plain_holistic_layer_norm(*args)
         elif torch.is_grad_enabled():
-            y, std = _HolisticLayerNormFunction.apply(*args)
-        else:  # inference: the autograd.Function machinery alone costs ~3% of a small network's forward
+            y, std = (_HolisticLayerNormFunction if on_cpu else _CentredHolisticLayerNormFunction).apply(*args)
+        elif on_cpu:  # inference: the autograd.Function machinery alone costs ~3% of a small network's forward
             y, std = _holistic_layer_norm(*args, keep_x_hat=False)[:2]
+        else:
+            y, std = _centred_holistic_layer_norm(*args)[:2]
         return y.to(x.dtype), std if self.rescale else None
 
     def extra_repr(self):
