@@ -13,6 +13,7 @@ from basicsr_iln.archs.transformer_core import (FUSED_HEAD_DIM_MULTIPLE, _explic
                                                 _head_padded_attention, biased_attention, relative_position_index,
                                                 shifted_window_mask, stored_relative_position_bias)
 from helpers import in_fork
+from test_chunked_inference import ARCHS
 
 
 def reference_holistic(norm, x):
@@ -210,16 +211,17 @@ def _stored_bias_op_checks():
 def test_head_padded_attention_equals_the_unpadded_one_with_gradients(head_dim, windows):
     """The zero-padded head dim (CUDA's fused kernels need a multiple of 8) and the windows folded into heads
     change nothing: values and the gradients of q, k, v and the learned bias are those of the explicit
-    attention, with and without a shift mask."""
+    attention, with and without a shift mask. The bias is laid out as the networks gather it, heads innermost."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2 * windows, 3, 16, head_dim, generator=gen, requires_grad=True) for _ in range(3))
-    bias = torch.randn(3, 16, 16, generator=gen, requires_grad=True)
+    gathered = torch.randn(16, 16, 3, generator=gen, requires_grad=True)
+    bias = gathered.permute(2, 0, 1)
     mask = torch.randn(windows, 16, 16, generator=gen) if windows > 1 else None
     grad = torch.randn(2 * windows, 3, 16, head_dim, generator=gen)
     results = []
     for attention in (_explicit_biased_attention, _head_padded_attention):
         out = attention(q, k, v, bias, mask, 0.0, None)
-        results.append((out, torch.autograd.grad(out, (q, k, v, bias), grad)))
+        results.append((out, torch.autograd.grad(out, (q, k, v, gathered), grad)))
     (reference, reference_grads), (padded, padded_grads) = results
     torch.testing.assert_close(padded, reference)
     for got, expected in zip(padded_grads, reference_grads):
@@ -245,3 +247,20 @@ def test_attention_off_the_cpu_pads_unaligned_head_dims_only(monkeypatch):
     # Padded, the windows are heads and the bias + mask is stored once for both images, not once per image.
     assert seen == [(32, (1, 6, 16, 16)), (30, (4, 3, 16, 16)), (16, (4, 3, 16, 16))] and FUSED_HEAD_DIM_MULTIPLE == 8
 
+
+
+@pytest.mark.parametrize('norm_type', ['ln', 'iln'])
+@pytest.mark.parametrize('arch', sorted(ARCHS))
+def test_every_arch_runs_the_branches_cuda_takes(arch, norm_type):
+    """The meta device takes CUDA's branches (heads padded and windows folded into heads, i-LN's off-CPU
+    function) with the layouts the networks really produce (a gathered bias, q, k, v permuted out of one
+    projection): a training step and an inference of each network run there, so a layout only those branches
+    meet fails here rather than first on a GPU. Their values on CUDA: tests/test_cuda.py."""
+    net = ARCHS[arch](norm_type).to('meta')
+    x = torch.randn(2, 3, 24, 20, device='meta')  # padded to a multiple of the window inside
+    out = net.train()(x)
+    out.mean().backward()
+    assert out.shape == (2, 3, 48, 40)
+    assert all(p.grad is not None for p in net.parameters())
+    with torch.no_grad():
+        assert net.eval()(x).shape == out.shape

@@ -188,7 +188,7 @@ def _head_padded_attention(q, k, v, bias, mask, dropout_p, scale):
         nw = mask.shape[0]
         folded = (q.shape[0] // nw, nw * q.shape[1])
         q, k, v = (t.reshape(*folded, *t.shape[2:]) for t in (q, k, v))
-        attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).view(1, folded[1], *bias.shape[1:])
+        attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, folded[1], *bias.shape[1:])
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p,
                                          scale=head_dim**-0.5 if scale is None else scale)
     return out[..., :head_dim].reshape(*windows_heads, *out.shape[2:-1], head_dim)
