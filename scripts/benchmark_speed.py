@@ -6,7 +6,7 @@ whether BasicSR's data loader keeps up with the training step.
         [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8 | --released [--depths 6 --heads 6]]
         [--precision fp32] [--peak-tflops X] [--threads 1] [--profile SwinIR] [--out results.md]
         [--block-shapes 2x1024x48 1x2304x180] [--compile [--compiled-only]] [--with-data [--workers 0 2] [--data-from DIR]
-        [--sub-size 480]]
+        [--sub-size 480]] [--op-counts]
 
 Variants: every arch x norm (ln, iln) at the same small x2 classical-SR config, plus ``basicsr``:
 ``basicsr.archs.swinir_arch.SwinIR`` with the weights of our SwinIR (ln); with ``--compile`` each of
@@ -48,6 +48,12 @@ The files were just written, so they are read from the OS page cache: decoding i
 a Linear branch, residual) on (B, L, C) tokens: forward + backward, and forward without autograd.
 It isolates what i-LN changes from the attention and MLP it leaves alone.
 
+``--op-counts`` counts, for every variant, the ops a training forward + backward and an inference dispatch on
+the meta device (views excluded), and those among them that read or write a large tensor. The meta device
+takes the branches CUDA takes without computing anything, and an eager GPU launches one kernel per op, so
+this is the machine-independent part of what an eager GPU step costs; ``--devices`` with no device skips the
+timing.
+
 Peak memory of one inference and of one training step (after a warm-up step, with the gradients
 already released, so weights and Adam states are in place and not counted): on CUDA
 ``torch.cuda.max_memory_allocated`` above the memory allocated before; on CPU the running sum of
@@ -82,6 +88,7 @@ from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from basicsr.data.paired_image_dataset import PairedImageDataset  # noqa: E402
 from basicsr.data.transforms import mod_crop  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 
 from basicsr_iln.archs.norms import build_branch_norm, residual_add  # noqa: E402
@@ -100,6 +107,9 @@ SMALL_DEPTHS, SMALL_HEADS = [2, 2], [2, 2]  # the small default network's stages
 SHARED_PHOTOS = REPO.parent / 'shared' / 'datasets' / 'train' / 'Sun_Hays80'
 DATA_PHOTOS = 4  # photos cut into sub-images for --with-data
 DATA_ITERS = 8  # batches per timed data call: enough for the workers' parallelism to show
+# --op-counts: an op on a tensor of this many values per LR pixel of the call passes over a feature map or attention
+# scores (60-180 channels per pixel), not over per-sample or per-channel statistics
+LARGE_PER_PIXEL = 16
 
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, by a substring of the CUDA device name and by
 # --precision: H100 SXM5 and H200 SXM: bf16 tensor cores 989, fp32 on the CUDA cores 67; A100 SXM4: bf16
@@ -422,6 +432,56 @@ def allow_compiles_of_every_variant(count):
             return
 
 
+class OpCount(TorchDispatchMode):
+    """Ops dispatched, views excluded (each is a kernel launch on a GPU), and how many of them read or write a
+    tensor of at least LARGE_PER_PIXEL values per LR pixel of the call (``pixels``)."""
+
+    def __init__(self, pixels):
+        super().__init__()
+        self.ops = self.large = 0
+        self.threshold = LARGE_PER_PIXEL * pixels
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and func is not torch.ops.aten.detach.default:
+            self.ops += 1
+            tensors = [*(out if isinstance(out, (tuple, list)) else [out]), *args]
+            self.large += any(torch.is_tensor(t) and t.numel() >= self.threshold for t in tensors)
+        return out
+
+
+def op_counts(args):
+    """``--op-counts``: ops of a training forward + backward and of an inference of each variant, on the meta
+    device, which takes the branches CUDA takes (padded heads, i-LN's off-CPU function) without computing."""
+    meta = torch.device('meta')
+    variants = [(arch, norm) for arch in args.archs for norm in NORMS] + ([BASICSR] if 'SwinIR' in args.archs else [])
+    counts = {}
+    for variant in variants:
+        net = build(args, variant, meta)
+        lq = torch.empty(args.batch, 3, args.train_size, args.train_size, device=meta)
+        gt = torch.empty(args.batch, 3, SCALE * args.train_size, SCALE * args.train_size, device=meta)
+        with OpCount(args.batch * args.train_size**2) as train:
+            F.l1_loss(net.train()(lq), gt).backward()
+        with torch.no_grad(), OpCount(args.infer_size**2) as infer:
+            net.eval()(torch.empty(1, 3, args.infer_size, args.infer_size, device=meta))
+        counts[variant] = train, infer
+    lines = ['### Ops per call (meta device: the branches CUDA takes, nothing computed)', '',
+             f'Training forward + backward on {args.batch} x {args.train_size}^2 LR (no optimizer step), inference on '
+             f'1 x {args.infer_size}^2; network: {config_text(args)}. Ops dispatched, views excluded; "large": '
+             f'reading or writing a tensor of at least {LARGE_PER_PIXEL} values per LR pixel (feature maps, '
+             'attention scores; not per-sample or per-channel statistics).', '',
+             '| variant | training ops | of them large | inference ops | of them large |', '|---|---|---|---|---|']
+    for variant, (train, infer) in counts.items():
+        lines.append(f'| {name(variant)} | {train.ops} | {train.large} | {infer.ops} | {infer.large} |')
+    lines += ['', '| i-LN / LN | training ops | large | inference ops | large |', '|---|---|---|---|---|']
+    for arch in args.archs:
+        (train, infer), (train_ln, infer_ln) = counts[(arch, 'iln')], counts[(arch, 'ln')]
+        cells = [a / b for a, b in ((train.ops, train_ln.ops), (train.large, train_ln.large),
+                                    (infer.ops, infer_ln.ops), (infer.large, infer_ln.large))]
+        lines.append(f'| {arch} | ' + ' | '.join(f'{c:.3f}' for c in cells) + ' |')
+    return lines
+
+
 def benchmark(args, device):
     eager = [(arch, norm) for arch in args.archs for norm in NORMS] + ([BASICSR] if 'SwinIR' in args.archs else [])
     compiled_variants = [(*v, COMPILED) for v in eager] if args.compile else []
@@ -610,8 +670,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--archs', nargs='+', choices=list(ARCH_TYPES),
                         help='default: all; the --with-data rows: SwinIR unless given')
-    parser.add_argument('--devices', nargs='+', default=['cpu', 'cuda'], choices=['cpu', 'cuda'],
-                        help='cuda is skipped when not available')
+    parser.add_argument('--devices', nargs='*', default=['cpu', 'cuda'], choices=['cpu', 'cuda'],
+                        help='cuda is skipped when not available; none given: nothing timed (--op-counts only)')
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--train-size', type=int, default=32, help='LR training crop (a window multiple)')
     parser.add_argument('--infer-size', type=int, default=64, help='LR inference image size')
@@ -636,6 +696,8 @@ def main(argv=None):
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory runs')
     parser.add_argument('--profile', choices=list(ARCH_TYPES), help='also print torch.profiler tables for this arch')
     parser.add_argument('--out', type=Path, help='also write the Markdown tables to this file')
+    parser.add_argument('--op-counts', action='store_true', help='also count the ops (kernel launches on a GPU) of '
+                        'a training step and an inference of every variant, on the meta device (no GPU needed)')
     parser.add_argument('--block-shapes', type=token_shape, nargs='+', default=[], metavar='BxLxC',
                         help='also compare one LN / i-LN block half (norm, Linear branch, residual) on these '
                         'token shapes, on CPU, with 10x --repeats rounds')
@@ -673,6 +735,8 @@ def main(argv=None):
         lines += benchmark(args, device) + ['']
         if args.with_data:
             lines += data_benchmark(args, device) + ['']
+    if args.op_counts:
+        lines += op_counts(args) + ['']
     if args.block_shapes:
         lines += [f'### Block half on CPU: {hardware(torch.device("cpu"))}', ''] + block_half_benchmark(args) + ['']
     print('\n'.join(lines))

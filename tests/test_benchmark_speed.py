@@ -109,6 +109,24 @@ def test_benchmark_prints_all_variants_ratios_and_block_halves(tmp_path):
     assert re.search(r'^\| \(1, 64, 12\) \|( [\d.]+ \|){6}$', text, re.M)
 
 
+def test_op_counts_alone_count_every_variant_on_the_meta_device(tmp_path):
+    """``--devices`` with none given times nothing; the counts are of ops, so i-LN (more ops per norm than
+    LayerNorm's one kernel) counts more than LN, and large ops are some of all ops."""
+    result = run_python(BENCHMARK + TINY[2:] + ['--devices', '--op-counts', '--out', tmp_path / 'ops.md'], timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / 'ops.md').read_text()
+    assert '### CPU' not in text and '### Ops per call' in text
+    rows = {m[0]: [int(v) for v in m[1:]]
+            for m in re.findall(r'^\| ((?:SwinIR|HAT|DRCT) i?ln(?: \(BasicSR\))?) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$',
+                                text, re.M)}
+    assert len(rows) == 7
+    for train, train_large, infer, infer_large in rows.values():
+        assert 0 < train_large <= train and 0 < infer_large <= infer and infer < train
+    for arch in ('SwinIR', 'HAT', 'DRCT'):
+        assert rows[f'{arch} iln'][0] > rows[f'{arch} ln'][0]
+        assert re.search(rf'^\| {arch} \|( [\d.]+ \|){{4}}$', text, re.M)
+
+
 @pytest.mark.slow
 def test_with_data_reports_loader_full_iteration_and_compute_rates_per_source_and_worker_count(tmp_path):
     photos = tmp_path / 'photos'
