@@ -88,6 +88,7 @@ from basicsr.data.data_sampler import EnlargedSampler  # noqa: E402
 from basicsr.data.paired_image_dataset import PairedImageDataset  # noqa: E402
 from basicsr.data.transforms import mod_crop  # noqa: E402
 from basicsr.utils.registry import ARCH_REGISTRY  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 
@@ -450,9 +451,29 @@ class OpCount(TorchDispatchMode):
         return out
 
 
+def _sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+    return query, key, value, attn_mask, dropout_p, is_causal, scale
+
+
+class CudaAttentionOnMeta(TorchFunctionMode):
+    """SDPA on the meta device as CUDA runs it with an additive mask, through the memory-efficient kernel: one
+    op forward and one backward (on meta, SDPA itself would take its math path, about ten ops)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **(kwargs or {}))
+        q, k, v, mask, dropout_p, is_causal, scale = _sdpa_arguments(*args, **(kwargs or {}))
+        bias = None if mask is None else mask.expand(*q.shape[:3], k.shape[2])
+        inputs = (q, k, v) if mask is None else (q, k, v, mask)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, needs_grad, dropout_p, is_causal,
+                                                                      scale=scale)[0]
+
+
 def op_counts(args):
     """``--op-counts``: ops of a training forward + backward and of an inference of each variant, on the meta
-    device, which takes the branches CUDA takes (padded heads, i-LN's off-CPU function) without computing."""
+    device, which takes the branches CUDA takes (padded heads, i-LN's off-CPU function) without computing;
+    attention counted as CUDA's fused kernel (CudaAttentionOnMeta)."""
     meta = torch.device('meta')
     variants = [(arch, norm) for arch in args.archs for norm in NORMS] + ([BASICSR] if 'SwinIR' in args.archs else [])
     counts = {}
@@ -460,9 +481,9 @@ def op_counts(args):
         net = build(args, variant, meta)
         lq = torch.empty(args.batch, 3, args.train_size, args.train_size, device=meta)
         gt = torch.empty(args.batch, 3, SCALE * args.train_size, SCALE * args.train_size, device=meta)
-        with OpCount(args.batch * args.train_size**2) as train:
+        with CudaAttentionOnMeta(), OpCount(args.batch * args.train_size**2) as train:
             F.l1_loss(net.train()(lq), gt).backward()
-        with torch.no_grad(), OpCount(args.infer_size**2) as infer:
+        with torch.no_grad(), CudaAttentionOnMeta(), OpCount(args.infer_size**2) as infer:
             net.eval()(torch.empty(1, 3, args.infer_size, args.infer_size, device=meta))
         counts[variant] = train, infer
     lines = ['### Ops per call (meta device: the branches CUDA takes, nothing computed)', '',

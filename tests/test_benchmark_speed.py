@@ -9,12 +9,13 @@ import cv2
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import REPO, real_photos, run_python
 
 sys.path.insert(0, str(REPO / 'scripts'))
-from benchmark_speed import (ARCH_TYPES, counted_flops, known_peak_tflops, median_interval,  # noqa: E402
-                             network_kwargs, peak_tflops, ratio_cell, throughput_cells)
+from benchmark_speed import (ARCH_TYPES, CudaAttentionOnMeta, OpCount, counted_flops, known_peak_tflops,  # noqa: E402
+                             median_interval, network_kwargs, peak_tflops, ratio_cell, throughput_cells)
 
 from basicsr_iln.presets import size_of
 
@@ -107,6 +108,28 @@ def test_benchmark_prints_all_variants_ratios_and_block_halves(tmp_path):
     ratios = re.findall(r'^\| (?:\w+: i-LN / LN|SwinIR ln: ours / BasicSR) \| ([\d.]+) \| ([\d.]+) \|$', text, re.M)
     assert len(ratios) == 4 and all(float(v) > 0 for pair in ratios for v in pair)
     assert re.search(r'^\| \(1, 64, 12\) \|( [\d.]+ \|){6}$', text, re.M)
+
+
+def test_attention_on_meta_counts_as_cudas_fused_kernel():
+    """On meta SDPA would decompose into its math path; counted as CUDA runs it, it is one op forward and one
+    backward (plus the sum that reduces the broadcast bias's gradient)."""
+    q, k, v = (torch.empty(4, 6, 64, 32, device='meta', requires_grad=True) for _ in range(3))
+    bias = torch.empty(1, 6, 64, 64, device='meta', requires_grad=True)
+    with CudaAttentionOnMeta(), OpCount(pixels=1) as forward:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.2)
+    grad, names = torch.empty_like(out), []
+
+    class Names(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    with Names():
+        out.backward(grad)
+    assert out.shape == q.shape and bias.grad.shape == bias.shape and forward.ops == 1
+    # The leaves' gradients are copied into their layout and the broadcast bias's gradient summed: not attention.
+    assert [n for n in names if 'attention' in n or n in ('bmm', '_softmax', '_softmax_backward_data')] == \
+        ['_scaled_dot_product_efficient_attention_backward'], names
 
 
 def test_op_counts_alone_count_every_variant_on_the_meta_device(tmp_path):
