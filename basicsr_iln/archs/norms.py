@@ -188,10 +188,10 @@ class _CentredHolisticLayerNormFunction(torch.autograd.Function):
 
     Every op here is a reduction that torch spreads over the whole device or an elementwise pass: 3 passes over
     the feature map forward and 5 backward, where autograd through the plain formula takes 7 and 19 (counted
-    at torch's dispatcher by tests/test_norms.py). Backward keeps ``x - mean`` and needs from it only the
-    per-(sample, channel) sums S1 = sum_tokens(grad_y) and S2 = sum_tokens(grad_y * (x - mean)): the gradient of
-    LN* is ``grad_y * gamma * rstd`` plus per-sample multiples of ``x - mean`` and of 1, and the std's gradient,
-    x_hat / N, adds to the first multiple.
+    at torch's dispatcher by tests/test_norms.py), and few small ops (each a kernel launch on a GPU). Backward
+    keeps ``x - mean`` and needs from it only the per-(sample, channel) sums S1 = sum_tokens(grad_y) and
+    S2 = sum_tokens(grad_y * (x - mean)): the gradient of LN* is ``grad_y * gamma * rstd`` plus per-sample
+    multiples of ``x - mean`` and of 1, and the std's gradient, x_hat / N, adds to the first multiple.
     """
 
     @staticmethod
@@ -204,15 +204,20 @@ class _CentredHolisticLayerNormFunction(torch.autograd.Function):
     def backward(ctx, grad_y, grad_std):  # unused outputs get zero gradients (materialize_grads)
         centred, rstd, gamma = ctx.saved_tensors
         gamma = gamma.to(grad_y.dtype)
-        count = centred.numel() // centred.shape[0]
-        sum_grad = grad_y.sum(dim=1, keepdim=True)  # S1, (B, 1, C)
-        sum_grad_x_hat = (grad_y * centred).sum(dim=1, keepdim=True) * rstd  # S2 * rstd = sum(grad_y * x_hat)
-        mean_grad = (sum_grad * gamma).sum(dim=-1, keepdim=True) / count  # mean(grad_x_hat), (B, 1, 1)
-        mean_grad_x_hat = (sum_grad_x_hat * gamma).sum(dim=-1, keepdim=True) / count  # mean(grad_x_hat * x_hat)
-        grad_x = torch.addcmul(-rstd * mean_grad, grad_y, gamma * rstd)
-        grad_x.addcmul_(centred, rstd * (grad_std / count - rstd * mean_grad_x_hat))
-        reduce = tuple(range(sum_grad.dim() - 1))
-        return grad_x, sum_grad_x_hat.sum(dim=reduce), sum_grad.sum(dim=reduce), None
+        batch, channels, count = centred.shape[0], centred.shape[-1], centred.numel() // centred.shape[0]
+        # Per-sample, per-channel sums (B, C): S1 = sum(grad_y), S2 = sum(grad_y * (x - mean)) over the tokens.
+        dims = tuple(range(1, centred.dim() - 1))
+        sum_grad = grad_y.sum(dim=dims).view(batch, channels)
+        sum_grad_centred = (grad_y * centred).sum(dim=dims).view(batch, channels)
+        # Per-sample means over (L, C) of grad_x_hat = grad_y * gamma, and of grad_x_hat * (x - mean), negated.
+        weights = (gamma * (-1.0 / count)).view(channels, 1)
+        lead = (batch, ) + (1, ) * (centred.dim() - 1)
+        neg_mean_grad, neg_mean_grad_centred = (torch.mm(s, weights).view(lead) for s in (sum_grad, sum_grad_centred))
+        # grad_x = rstd * (grad_x_hat - mean(grad_x_hat) - x_hat * mean(grad_x_hat * x_hat)) + grad_std * x_hat / N
+        grad_x = torch.addcmul(rstd * neg_mean_grad, grad_y, gamma * rstd)
+        grad_x.addcmul_(centred, torch.addcmul(grad_std * (rstd / count), rstd.pow(3), neg_mean_grad_centred))
+        grad_gamma = torch.mm(rstd.view(1, batch), sum_grad_centred).view(channels)  # sum over samples of S2 * rstd
+        return grad_x, grad_gamma, sum_grad.sum(dim=0), None
 
 
 class HolisticLayerNorm(FamilyNorm, nn.Module):
