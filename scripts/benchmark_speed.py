@@ -50,9 +50,9 @@ It isolates what i-LN changes from the attention and MLP it leaves alone.
 
 ``--op-counts`` counts, for every variant, the ops a training forward + backward and an inference dispatch on
 the meta device (views excluded), and those among them that read or write a large tensor. The meta device
-takes the branches CUDA takes without computing anything, and an eager GPU launches one kernel per op, so
-this is the machine-independent part of what an eager GPU step costs; ``--devices`` with no device skips the
-timing.
+takes the branches CUDA takes without computing anything (attention is counted as CUDA's memory-efficient
+kernel, one op each way), and an eager GPU launches one kernel per op, so this is the machine-independent part
+of what an eager GPU step costs; ``--devices`` with no device skips the timing.
 
 Peak memory of one inference and of one training step (after a warm-up step, with the gradients
 already released, so weights and Adam states are in place and not counted): on CUDA
