@@ -137,6 +137,19 @@ def _normalized_layer_norm_backward(grad, x_hat, weight, output_mask):
                                 weight, output_mask)
 
 
+def _forward_keeping(ctx, norm, x, gamma, beta, eps):
+    """``(y, std)`` of ``norm`` (a ``(y, std, kept, rstd)`` function), keeping its feature map, rstd and gamma."""
+    y, std, kept, rstd = norm(x, gamma, beta, eps)
+    ctx.save_for_backward(kept, rstd, gamma)
+    return y, std
+
+
+def _kept(ctx, dtype):
+    """What ``_forward_keeping`` kept, gamma in the gradient's dtype."""
+    kept, rstd, gamma = ctx.saved_tensors
+    return kept, rstd, gamma.to(dtype)
+
+
 class _HolisticLayerNormFunction(torch.autograd.Function):
     """``(LN*(x) * gamma + beta, sqrt(var + eps))`` with mean and biased var over all but dim 0.
 
@@ -155,14 +168,11 @@ class _HolisticLayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps):
-        y, std, x_hat, rstd = _holistic_layer_norm(x, gamma, beta, eps)
-        ctx.save_for_backward(x_hat, rstd, gamma)
-        return y, std
+        return _forward_keeping(ctx, _holistic_layer_norm, x, gamma, beta, eps)
 
     @staticmethod
     def backward(ctx, grad_y, grad_std):  # unused outputs get zero gradients (materialize_grads)
-        x_hat, rstd, gamma = ctx.saved_tensors
-        gamma = gamma.to(grad_y.dtype)
+        x_hat, rstd, gamma = _kept(ctx, grad_y.dtype)
         grad_x = _normalized_layer_norm_backward(grad_y * (gamma * rstd), x_hat, None, [True, False, False])[0]
         grad_x.addcmul_(x_hat, grad_std / (x_hat.numel() // x_hat.shape[0]))
         grad_gamma = grad_beta = None
@@ -196,14 +206,11 @@ class _CentredHolisticLayerNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, eps):
-        y, std, centred, rstd = _centred_holistic_layer_norm(x, gamma, beta, eps)
-        ctx.save_for_backward(centred, rstd, gamma)
-        return y, std
+        return _forward_keeping(ctx, _centred_holistic_layer_norm, x, gamma, beta, eps)
 
     @staticmethod
     def backward(ctx, grad_y, grad_std):  # unused outputs get zero gradients (materialize_grads)
-        centred, rstd, gamma = ctx.saved_tensors
-        gamma = gamma.to(grad_y.dtype)
+        centred, rstd, gamma = _kept(ctx, grad_y.dtype)
         batch, channels, count = centred.shape[0], centred.shape[-1], centred.numel() // centred.shape[0]
         # Per-sample, per-channel sums (B, C): S1 = sum(grad_y), S2 = sum(grad_y * (x - mean)) over the tokens.
         dims = tuple(range(1, centred.dim() - 1))
