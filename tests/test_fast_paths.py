@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from basicsr_iln.archs.chunking import chunked_inference
 from basicsr_iln.archs.drct_arch import DRCT
 from basicsr_iln.archs.hat_arch import HAT, overlapping_relative_position_index
 from basicsr_iln.archs.norms import HolisticLayerNorm, _HolisticLayerNormFunction
@@ -254,8 +255,9 @@ def test_attention_off_the_cpu_pads_unaligned_head_dims_only(monkeypatch):
 def test_every_arch_runs_the_branches_cuda_takes(arch, norm_type):
     """The meta device takes CUDA's branches (heads padded and windows folded into heads, i-LN's off-CPU
     function) with the layouts the networks really produce (a gathered bias, q, k, v permuted out of one
-    projection): a training step and an inference of each network run there, so a layout only those branches
-    meet fails here rather than first on a GPU. Their values on CUDA: tests/test_cuda.py."""
+    projection): a training step and an inference of each network run there, also in chunks of windows, so a
+    layout only those branches meet fails here rather than first on a GPU. Their values on CUDA:
+    tests/test_cuda.py."""
     net = ARCHS[arch](norm_type).to('meta')
     x = torch.randn(2, 3, 24, 20, device='meta')  # padded to a multiple of the window inside
     out = net.train()(x)
@@ -264,3 +266,6 @@ def test_every_arch_runs_the_branches_cuda_takes(arch, norm_type):
     assert all(p.grad is not None for p in net.parameters())
     with torch.no_grad():
         assert net.eval()(x).shape == out.shape
+        for budget in (64, 100, 600):  # one window, parts of an image, whole images: the folded mask's slices
+            with chunked_inference(budget):
+                assert net(x).shape == out.shape
