@@ -404,12 +404,17 @@ def hardware(device):
             f'load average {os.getloadavg()[0]:.1f} at start')
 
 
+def eager_variants(archs):
+    """Every arch x norm, and BasicSR's SwinIR when SwinIR is among ``archs``."""
+    return [(arch, norm) for arch in archs for norm in NORMS] + ([BASICSR] if 'SwinIR' in archs else [])
+
+
 def profile(args, arch, device):
     """torch.profiler tables of three training steps and three inferences of ``arch`` with LN and with i-LN
     (SwinIR: and BasicSR's), eager."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
-    for variant in [(arch, norm) for norm in NORMS] + ([BASICSR] if arch == 'SwinIR' else []):
+    for variant in eager_variants([arch]):
         bench = Bench(args, variant, device)
         for name, run in (('training steps', bench.train_step), ('inferences', bench.infer)):
             for _ in range(args.warmup):
@@ -475,9 +480,8 @@ def op_counts(args):
     device, which takes the branches CUDA takes (padded heads, i-LN's off-CPU function) without computing;
     attention counted as CUDA's fused kernel (CudaAttentionOnMeta)."""
     meta = torch.device('meta')
-    variants = [(arch, norm) for arch in args.archs for norm in NORMS] + ([BASICSR] if 'SwinIR' in args.archs else [])
     counts = {}
-    for variant in variants:
+    for variant in eager_variants(args.archs):
         net = build(args, variant, meta)
         lq = torch.empty(args.batch, 3, args.train_size, args.train_size, device=meta)
         gt = torch.empty(args.batch, 3, SCALE * args.train_size, SCALE * args.train_size, device=meta)
@@ -504,7 +508,7 @@ def op_counts(args):
 
 
 def benchmark(args, device):
-    eager = [(arch, norm) for arch in args.archs for norm in NORMS] + ([BASICSR] if 'SwinIR' in args.archs else [])
+    eager = eager_variants(args.archs)
     compiled_variants = [(*v, COMPILED) for v in eager] if args.compile else []
     variants = compiled_variants if args.compiled_only else eager + compiled_variants
     if args.compile:

@@ -162,10 +162,15 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
         attn_mask = bias.unsqueeze(0)
     else:
         nw = mask.shape[0]
-        per_window = bias.unsqueeze(0) + mask.unsqueeze(1)
+        per_window = _per_window_mask(bias, mask)
         attn_mask = per_window.unsqueeze(0).expand(q.shape[0] // nw, -1, -1, -1, -1).reshape(
             q.shape[0], *per_window.shape[1:])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p, scale=scale)
+
+
+def _per_window_mask(bias, mask):
+    """(nW, heads, Nq, Nk): the bias (heads, Nq, Nk) plus each window's shift mask (nW, Nq, Nk)."""
+    return bias.unsqueeze(0) + mask.unsqueeze(1)
 
 
 # CUDA's fused attention kernels with an additive mask (memory-efficient, cuDNN) need head dims of a multiple
@@ -188,7 +193,7 @@ def _head_padded_attention(q, k, v, bias, mask, dropout_p, scale):
         nw = mask.shape[0]
         folded = (q.shape[0] // nw, nw * q.shape[1])
         q, k, v = (t.reshape(*folded, *t.shape[2:]) for t in (q, k, v))
-        attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, folded[1], *bias.shape[1:])
+        attn_mask = _per_window_mask(bias, mask).reshape(1, folded[1], *bias.shape[1:])
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=dropout_p,
                                          scale=head_dim**-0.5 if scale is None else scale)
     return out[..., :head_dim].reshape(*windows_heads, *out.shape[2:-1], head_dim)
