@@ -103,6 +103,7 @@ ARCH_TYPES = {'SwinIR': 'SwinIR_iLN', 'HAT': 'HAT', 'DRCT': 'DRCT'}
 NORMS = ('ln', 'iln')
 BASICSR = ('SwinIR', 'basicsr')
 COMPILED = 'compiled'  # third element of a variant: torch.compile (inductor, static shapes)
+OURS_BEST, BASICSR_BEST = ('SwinIR', 'ln', 'best'), (*BASICSR, 'best')
 SCALE = 2
 SMALL_DEPTHS, SMALL_HEADS = [2, 2], [2, 2]  # the small default network's stages
 SHARED_PHOTOS = REPO.parent / 'shared' / 'datasets' / 'train' / 'Sun_Hays80'
@@ -354,6 +355,17 @@ def median_interval(values, level=0.95):
     return (ordered[k - 1], ordered[n - k]) if k else None
 
 
+def with_best_paths(times, variants):
+    """``times`` plus, per round, the faster of eager and compiled of each SwinIR LN (ours: OURS_BEST, BasicSR's:
+    BASICSR_BEST): the best path a user of either code could pick, which issue 17's ours / BasicSR targets
+    compare."""
+    best = dict(times)
+    for key, v in ((OURS_BEST, ('SwinIR', 'ln')), (BASICSR_BEST, BASICSR)):
+        paths = [p for p in (v, (*v, COMPILED)) if p in variants]
+        best[key] = [min(round_) for round_ in zip(*(times[p] for p in paths))]
+    return best
+
+
 def ratio_cell(times, num, den):
     """'median [95% interval]' of the per-round ratios num / den; the median alone under 6 rounds."""
     ratios = per_round_ratios(times, num, den)
@@ -555,6 +567,10 @@ def benchmark(args, device):
     if args.compile and not args.compiled_only:
         for v in eager:
             ratio_row(f'{name(v)}: compiled / eager', (*v, COMPILED), v)
+        if BASICSR in eager:
+            train, infer = with_best_paths(train, variants), with_best_paths(infer, variants)
+            ratio_row('SwinIR ln, best path of each (eager or compiled, per round): ours / BasicSR', OURS_BEST,
+                      BASICSR_BEST)
     return lines
 
 

@@ -14,8 +14,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from helpers import REPO, real_photos, run_python
 
 sys.path.insert(0, str(REPO / 'scripts'))
-from benchmark_speed import (ARCH_TYPES, CudaAttentionOnMeta, OpCount, counted_flops, known_peak_tflops,  # noqa: E402
-                             median_interval, network_kwargs, peak_tflops, ratio_cell, throughput_cells)
+from benchmark_speed import (ARCH_TYPES, BASICSR, BASICSR_BEST, COMPILED, OURS_BEST, CudaAttentionOnMeta,  # noqa: E402
+                             OpCount, counted_flops, known_peak_tflops, median_interval, network_kwargs, peak_tflops,
+                             ratio_cell, throughput_cells, with_best_paths)
 
 from basicsr_iln.presets import size_of
 
@@ -52,6 +53,16 @@ def test_mfu_is_achieved_over_peak_and_the_peak_comes_from_the_flag_or_the_datas
     cpu = torch.device('cpu')
     assert peak_tflops(SimpleNamespace(peak_tflops=None, precision='fp32'), cpu) == (None, 'unknown')
     assert peak_tflops(SimpleNamespace(peak_tflops=1.5, precision='fp32'), cpu) == (1.5, '--peak-tflops')
+
+
+def test_best_paths_take_the_faster_of_eager_and_compiled_in_each_round():
+    ours, theirs = ('SwinIR', 'ln'), BASICSR
+    times = {ours: [3.0, 1.0], (*ours, COMPILED): [2.0, 4.0], theirs: [5.0, 2.0], (*theirs, COMPILED): [4.0, 3.0],
+             ('SwinIR', 'iln'): [0.1, 0.1]}
+    best = with_best_paths(times, list(times))
+    assert best[OURS_BEST] == [2.0, 1.0] and best[BASICSR_BEST] == [4.0, 2.0]  # i-LN is not "our SwinIR LN"
+    assert ratio_cell(best, OURS_BEST, BASICSR_BEST) == '0.500'
+    assert with_best_paths(times, [ours, theirs])[OURS_BEST] == [3.0, 1.0]  # only the variants timed count
 
 
 def test_median_interval_is_the_binomial_order_statistics_and_covers_the_median_as_promised():
