@@ -20,7 +20,8 @@ round, so that load changes on a shared machine hit all variants alike; times ar
 rounds and ratios are medians of the per-round ratios (variants timed next to each other), from 6 rounds
 on with a distribution-free 95% interval of that median (``median_interval``; it takes rounds as
 independent, which slow load drifts make them not quite). ``--compiled-only`` times the compiled variants
-only.
+only; with ``--compile`` and both, a last row compares our SwinIR LN with BasicSR's, each by its faster path
+(eager or compiled) in every round.
 
 FLOPs of one training step and of one inference are counted once per variant, outside the timed rounds,
 by ``torch.utils.flop_counter.FlopCounterMode``; each timed row shows the achieved TFLOP/s and the MFU
