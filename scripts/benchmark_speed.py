@@ -356,13 +356,13 @@ def median_interval(values, level=0.95):
     return (ordered[k - 1], ordered[n - k]) if k else None
 
 
-def with_best_paths(times, variants):
+def with_best_paths(times):
     """``times`` plus, per round, the faster of eager and compiled of each SwinIR LN (ours: OURS_BEST, BasicSR's:
     BASICSR_BEST): the best path a user of either code could pick, which issue 17's ours / BasicSR targets
     compare."""
     best = dict(times)
     for key, v in ((OURS_BEST, ('SwinIR', 'ln')), (BASICSR_BEST, BASICSR)):
-        paths = [p for p in (v, (*v, COMPILED)) if p in variants]
+        paths = [p for p in (v, (*v, COMPILED)) if p in times]
         best[key] = [min(round_) for round_ in zip(*(times[p] for p in paths))]
     return best
 
@@ -569,7 +569,7 @@ def benchmark(args, device):
         for v in eager:
             ratio_row(f'{name(v)}: compiled / eager', (*v, COMPILED), v)
         if BASICSR in eager:
-            train, infer = with_best_paths(train, variants), with_best_paths(infer, variants)
+            train, infer = with_best_paths(train), with_best_paths(infer)
             ratio_row('SwinIR ln, best path of each (eager or compiled, per round): ours / BasicSR', OURS_BEST,
                       BASICSR_BEST)
     return lines
