@@ -122,10 +122,9 @@ def _holistic_layer_norm(x, gamma, beta, eps, keep_x_hat=True):
 
 def _plain_holistic_layer_norm(x, gamma, beta, eps):
     """``(y, std)`` of LN* from plain differentiable ops, for recorded and compiled graphs (see ``plain_ops``)."""
-    dims = tuple(range(1, x.dim()))
-    centred = x - x.mean(dim=dims, keepdim=True)
-    std = torch.sqrt(centred.square().mean(dim=dims, keepdim=True) + eps)
-    return centred / std * gamma.to(x.dtype) + beta.to(x.dtype), std
+    var, mean = torch.var_mean(x, dim=tuple(range(1, x.dim())), unbiased=False, keepdim=True)  # one pass, not two
+    rstd = torch.rsqrt(var + eps)
+    return (x - mean) * rstd * gamma.to(x.dtype) + beta.to(x.dtype), rstd.reciprocal()
 
 
 def _normalized_layer_norm_backward(grad, x_hat, weight, output_mask):
