@@ -37,6 +37,7 @@ from basicsr_iln.data.degraded_dataset import add_gaussian_noise, jpeg_roundtrip
 from basicsr_iln.analysis.precision import EVAL_PRECISIONS, PrecisionNetwork  # noqa: E402
 from basicsr_iln.utils.checkpoint import load_checkpoint_file, load_weights  # noqa: E402
 from basicsr_iln.utils.checks import IMAGE_SUFFIXES  # noqa: E402
+from basicsr_iln.utils.denormals import add_keep_denormals_argument, flush_unless_kept  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.network_config import (  # noqa: E402
     build_network_checked, checkpoint_network_config, config_differences, describe_differences, network_config,
@@ -74,6 +75,7 @@ def build_arg_parser():
                         '(bf16/fp16: weights, input and features in the half type; int8: dynamic Linear, CPU)')
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     parser.add_argument('--self-ensemble', action='store_true', help='average over the 8 flips/rotations')
+    add_keep_denormals_argument(parser)
     parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
     return parser
 
@@ -186,6 +188,7 @@ def check_args(args):
 def infer(argv=None):
     args = build_arg_parser().parse_args(argv)
     check_args(args)
+    flush_unless_kept(args)  # before any parallel op: threads inherit it
     paths, skipped = list_inputs(args.input)
     device = torch.device('cuda' if args.device != 'cpu' and torch.cuda.is_available() else 'cpu')
     net, checkpoint, _ = network_from_args(args)

@@ -25,6 +25,7 @@ from basicsr_iln.analysis.precision import parse_precisions  # noqa: E402
 from basicsr_iln.utils.checks import build_dataset_checked  # noqa: E402
 from basicsr_iln.utils.checks import check_checkpoint_path, check_datasets, check_writable_folder  # noqa: E402
 from basicsr_iln.utils.console import open_run_log  # noqa: E402
+from basicsr_iln.utils.denormals import set_denormal_flushing  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa: E402
@@ -32,6 +33,7 @@ from basicsr_iln.utils.options import parse_options, root_path_from_env  # noqa:
 
 def test_pipeline(root_path, argv=None):
     opt, args = parse_options(root_path, is_train=False, argv=argv)
+    denormals = set_denormal_flushing(opt['flush_denormal'])  # before any parallel op: threads inherit it
     check_datasets(opt)
     if args.precision:
         precisions = parse_precisions(args.precision, '--precision')
@@ -45,6 +47,7 @@ def test_pipeline(root_path, argv=None):
 
     make_exp_dirs(opt)  # an existing results folder is renamed to *_archived_<time>, never overwritten
     logger = open_run_log(opt, 'test')
+    denormals.log(logger)
 
     test_loaders = []
     for phase, dataset_opt in sorted(opt['datasets'].items()):

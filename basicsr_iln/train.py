@@ -31,6 +31,7 @@ from basicsr_iln.utils.checkpoint import prepare_resume, remove_stale_temporarie
 from basicsr_iln.utils.checks import (build_dataset_checked, check_checkpoint_path, check_datasets,  # noqa: E402
                                       check_writable_folder)
 from basicsr_iln.utils.console import ProgressLogger, open_run_log  # noqa: E402
+from basicsr_iln.utils.denormals import set_denormal_flushing  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, UserFacingError, run_cli  # noqa: E402
 from basicsr_iln.utils.run_folders import NewRunFolders  # noqa: E402
@@ -117,6 +118,7 @@ def start_run(opt, args, resolved, micro_batches, folders):
 
 def train_pipeline(root_path, argv=None):
     opt, args = parse_options(root_path, is_train=True, argv=argv)
+    denormals = set_denormal_flushing(opt['flush_denormal'])  # before any parallel op: threads inherit it
     opt['root_path'] = root_path
     micro_batches = micro_batches_per_step(opt)
     check_datasets(opt)
@@ -133,6 +135,7 @@ def train_pipeline(root_path, argv=None):
         if folders is not None:
             folders.undo()
         raise
+    denormals.log(logger)
     train_loader, train_sampler, val_loaders, (iters_per_epoch, total_epochs, total_iters) = loaders
     start_epoch, skip, current_iter = 0, 0, 0
     if resume_state is not None:

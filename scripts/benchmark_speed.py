@@ -6,7 +6,7 @@ whether BasicSR's data loader keeps up with the training step.
         [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8 | --released [--depths 6 --heads 6]]
         [--precision fp32] [--peak-tflops X] [--threads 1] [--profile SwinIR] [--out results.md]
         [--block-shapes 2x1024x48 1x2304x180] [--compile [--compiled-only]] [--with-data [--workers 0 2] [--data-from DIR]
-        [--sub-size 480]] [--op-counts]
+        [--sub-size 480]] [--op-counts] [--keep-denormals] [--denormal-effect]
 
 Variants: every arch x norm (ln, iln) at the same small x2 classical-SR config, plus ``basicsr``:
 ``basicsr.archs.swinir_arch.SwinIR`` with the weights of our SwinIR (ln); with ``--compile`` each of
@@ -14,6 +14,10 @@ them also under ``torch.compile`` (inductor, static shapes), timed in the same i
 Measured per variant: a training step (zero_grad, forward, L1 loss, backward, a step of the fused Adam
 that IRModel trains every network with) on ``--batch`` LR crops of ``--train-size`` pixels, and inference
 (eval, no_grad) on one ``--infer-size`` image; ``--precision bf16`` runs both under bf16 autocast.
+
+Denormal floats are flushed to zero on the CPU, as the train and test CLIs do (``flush_denormal``);
+``--keep-denormals`` times torch's default instead. The first line after the command says which held.
+``--denormal-effect`` times every variant both ways, toggled call by call in the same rounds.
 
 Timing is interleaved: each round times every variant once, in an order rotated from round to
 round, so that load changes on a shared machine hit all variants alike; times are medians over
@@ -96,6 +100,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 from basicsr_iln.archs.norms import build_branch_norm, residual_add  # noqa: E402
 from basicsr_iln.models.ir_model import adam_kwargs  # noqa: E402
 from basicsr_iln.presets import backbone_kwargs  # noqa: E402
+from basicsr_iln.utils.denormals import add_keep_denormals_argument, set_denormal_flushing  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from make_quickstart_dataset import TRAIN_PHOTOS, load_photo  # noqa: E402
 from prepare_sr import bicubic_downsample, crop_starts, list_images, make_lmdb, read_image, write_png  # noqa: E402
@@ -575,6 +580,40 @@ def benchmark(args, device):
     return lines
 
 
+def denormal_benchmark(args):
+    """Each variant with denormals kept / flushed, toggled before every call in the same interleaved rounds
+    (CPU, one thread: the flag is the calling thread's). Ends with the setting of ``--keep-denormals``."""
+    eager = eager_variants(args.archs)
+    variants = eager + ([(*v, COMPILED) for v in eager] if args.compile else [])
+    if args.compile:
+        allow_compiles_of_every_variant(len(eager))
+    benches = {v: Bench(args, v, torch.device('cpu')) for v in variants}
+
+    def toggled(run, flush):
+        def timed():
+            torch.set_flush_denormal(flush)
+            return run()
+        return timed
+
+    modes = {'keep': False, 'flush': True}
+    times = {kind: interleaved_times({(v, mode): toggled(getattr(b, kind), flush) for v, b in benches.items()
+                                      for mode, flush in modes.items()}, args.repeats, args.warmup)
+             for kind in ('train_step', 'infer')}
+    torch.set_flush_denormal(not args.keep_denormals)
+    lines = [f'Config: {config_text(args)}; training batch {args.batch} x {args.train_size}^2 LR, inference 1 x '
+             f'{args.infer_size}^2 LR; {args.precision}; {args.repeats} interleaved rounds after {args.warmup} '
+             'warm-up.', '',
+             '| variant | train kept / flushed (ms) | train: kept / flushed | inference kept / flushed (ms) | '
+             'inference: kept / flushed |', '|---|---|---|---|---|']
+    for v in variants:
+        cells = []
+        for kind in ('train_step', 'infer'):
+            kept, flushed = (statistics.median(times[kind][(v, mode)]) * 1e3 for mode in modes)
+            cells += [f'{kept:.1f} / {flushed:.1f}', ratio_cell(times[kind], (v, 'keep'), (v, 'flush'))]
+        lines.append(f'| {name(v)} | ' + ' | '.join(cells) + ' |')
+    return lines
+
+
 def source_photos(folder, size):
     """The first DATA_PHOTOS photos (uint8, as stored) of ``folder``, or of the quickstart's without one, of
     at least ``size`` px each way (smaller ones hold no sub-image)."""
@@ -735,6 +774,7 @@ def main(argv=None):
                         '(inductor, dynamic=False; compile time is spent in the warm-up rounds)')
     parser.add_argument('--compiled-only', action='store_true', help='with --compile: time the compiled variants '
                         'only (half the rounds\' time, for the compiled ratios at released sizes)')
+    add_keep_denormals_argument(parser)
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory runs')
     parser.add_argument('--profile', choices=list(ARCH_TYPES), help='also print torch.profiler tables for this arch')
     parser.add_argument('--out', type=Path, help='also write the Markdown tables to this file')
@@ -743,6 +783,8 @@ def main(argv=None):
     parser.add_argument('--block-shapes', type=token_shape, nargs='+', default=[], metavar='BxLxC',
                         help='also compare one LN / i-LN block half (norm, Linear branch, residual) on these '
                         'token shapes, on CPU, with 10x --repeats rounds')
+    parser.add_argument('--denormal-effect', action='store_true', help='also time every variant (and its compiled '
+                        'form with --compile) with denormals kept and flushed, on CPU, needs --threads 1')
     parser.add_argument('--with-data', action='store_true', help='also time whole training iterations with '
                         "BasicSR's data loader (PNG and LMDB sub-images of real photos)")
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 2], help='--with-data: loader worker counts')
@@ -754,6 +796,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if (args.depths is None) != (args.heads is None) and args.released:
         parser.error('--released takes --depths and --heads together (the released stages, else the ones given)')
+    if args.denormal_effect and args.threads != 1:
+        parser.error('--denormal-effect needs --threads 1: it toggles flush-to-zero, which is the calling '
+                     "thread's setting, between calls")
     if args.compiled_only and not args.compile:
         parser.error('--compiled-only needs --compile')
     if args.with_data and (args.sub_size % (2 * SCALE) or args.sub_size < SCALE * args.train_size):
@@ -764,9 +809,10 @@ def main(argv=None):
     args.data_archs = args.archs or ['SwinIR']
     args.archs = args.archs or list(ARCH_TYPES)
     torch.set_num_threads(args.threads)
+    denormals = set_denormal_flushing(not args.keep_denormals)  # before any parallel op: threads inherit it
 
     command = 'python scripts/benchmark_speed.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-    lines = [f'Command: `{command.strip()}`', '']
+    lines = [f'Command: `{command.strip()}`', '', denormals.message, '']
     for device_name in args.devices:
         if device_name == 'cuda' and not torch.cuda.is_available():
             lines += ['CUDA: not available on this machine, not measured.', '']
@@ -779,6 +825,9 @@ def main(argv=None):
             lines += data_benchmark(args, device) + ['']
     if args.op_counts:
         lines += op_counts(args) + ['']
+    if args.denormal_effect:
+        lines += [f'### Denormals kept / flushed on CPU: {hardware(torch.device("cpu"))}', ''] + \
+            denormal_benchmark(args) + ['']
     if args.block_shapes:
         lines += [f'### Block half on CPU: {hardware(torch.device("cpu"))}', ''] + block_half_benchmark(args) + ['']
     print('\n'.join(lines))

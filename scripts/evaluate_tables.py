@@ -41,6 +41,7 @@ from basicsr_iln.presets import DEGRADATIONS, LEVELS, SIZES, TEST_SETS, size_of 
 from basicsr_iln.utils.checks import build_dataset_checked  # noqa: E402
 from basicsr_iln.utils.checks import check_datasets  # noqa: E402
 from basicsr_iln.utils.checkpoint import SAFETENSORS_SUFFIX  # noqa: E402
+from basicsr_iln.utils.denormals import add_keep_denormals_argument, flush_unless_kept  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
 from basicsr_iln.utils.network_config import arch_class, constructor_defaults  # noqa: E402
 from basicsr_iln.utils.options import load_yaml_file, parse_options  # noqa: E402
@@ -372,11 +373,13 @@ def main(argv=None):
     parser.add_argument('--test-options', type=Path, default=REPO / 'options' / 'test',
                         help='where to find the test option file of a training run (default: options/test)')
     parser.add_argument('--self-ensemble', action='store_true', help='x8 self-ensemble (flips/rotations)')
+    add_keep_denormals_argument(parser)
     parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
     def run(_):
+        flush_unless_kept(args)  # before any parallel op: threads inherit it
         records = [r for spec in args.runs for r in evaluate_run(spec, args)]
         write_tables(records, load_published(), args.out, ' '.join(['python scripts/evaluate_tables.py', *argv]),
                      args.self_ensemble)

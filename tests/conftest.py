@@ -16,6 +16,9 @@ def pytest_configure(config):
         threads = str(max(1, (os.cpu_count() or 1) // workers))
         os.environ['OMP_NUM_THREADS'] = threads
         torch.set_num_threads(int(threads))
+    # Start the intra-op threads now, with torch's default (denormals kept): started later inside a CLI run in
+    # this process, they would inherit its flush-to-zero for the rest of the session (test_denormals.py).
+    torch.ones(1 << 20).mul_(2)
 
 
 @pytest.fixture(scope='session')
@@ -46,3 +49,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def denormals_kept_after_each_test():
+    """CLIs run in this process (infer.main, ...) flush denormals on this thread; the next test gets torch's
+    default back."""
+    yield
+    torch.set_flush_denormal(False)

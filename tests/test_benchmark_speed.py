@@ -122,6 +122,23 @@ def test_benchmark_prints_all_variants_ratios_and_block_halves(tmp_path):
     assert re.search(r'^\| \(1, 64, 12\) \|( [\d.]+ \|){6}$', text, re.M)
 
 
+@pytest.mark.slow
+def test_denormal_effect_times_every_variant_both_ways_and_says_which_setting_the_rest_ran_with(tmp_path):
+    out = tmp_path / 'denormals.md'
+    result = run_python(BENCHMARK + TINY[2:] + ['--devices', '--archs', 'SwinIR', '--denormal-effect',
+                                                '--keep-denormals', '--out', out], timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = out.read_text()
+    assert 'Denormal floats are kept on the CPU' in text
+    for row in ('SwinIR ln', 'SwinIR iln', 'SwinIR ln (BasicSR)'):
+        assert re.search(rf'^\| {re.escape(row)} \|( [\d.]+ / [\d.]+ \| [\d.]+ \|){{2}}$', text, re.M), row
+
+
+def test_denormal_effect_needs_one_thread():
+    result = run_python(BENCHMARK + ['--denormal-effect', '--threads', '2', '--devices'])
+    assert result.returncode == 2 and '--denormal-effect needs --threads 1' in result.stderr
+
+
 def test_attention_on_meta_counts_as_cudas_fused_kernel():
     """On meta SDPA would decompose into its math path; counted as CUDA runs it, it is one op forward and one
     backward (plus the sum that reduces the broadcast bias's gradient)."""

@@ -177,6 +177,14 @@ def test_infer_needs_only_the_checkpoint(saved_run, tmp_path):
     assert (agreeing == alone).all()  # drop_path_rate only changes training: never a conflict
 
 
+def test_flushing_denormals_leaves_the_restored_image_as_it_is(saved_run, tmp_path):
+    """Flush-to-zero changes only values below 1.2e-38: none of them reaches an 8-bit pixel."""
+    argv = ['-c', str(saved_run.checkpoint), '-i', str(saved_run.photo)]
+    flushed = infer_output(argv, tmp_path / 'flushed')
+    kept = infer_output([*argv, '--keep-denormals'], tmp_path / 'kept')
+    assert (flushed == kept).all()
+
+
 def test_infer_refuses_values_that_contradict_the_checkpoint(saved_run, tmp_path, capsys):
     other = dict(saved_run.train_opt, network_g=dict(saved_run.train_opt['network_g'], embed_dim=16))
     other_path = write_yaml(tmp_path / 'other.yml', other)
