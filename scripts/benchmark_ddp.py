@@ -4,7 +4,7 @@
 
 Every process builds the IRModel from the option file as the training CLI does (option parsing, process
 group with the hardware's backend, DDP wrap) and times ``optimize_parameters`` (forward, backward,
-gradient all-reduce, Adam, EMA, loss reduction) on a fixed random batch of the option file's patch
+gradient all-reduce, Adam, EMA, loss reduction; denormals flushed as ``flush_denormal`` says) on a fixed random batch of the option file's patch
 size. Data loading, validation and checkpoints are left out: the numbers isolate compute and
 communication. On CPU, both runs use all cores (threads per process = cores // processes) unless
 ``--threads`` fixes the threads per process (``--threads 1`` avoids multi-threading penalties when
@@ -27,6 +27,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
 from basicsr_iln.train import build_model  # noqa: E402  (basicsr_iln before basicsr)
+from basicsr_iln.utils.denormals import set_denormal_flushing  # noqa: E402
 from basicsr_iln.utils.dist import close_dist  # noqa: E402
 from basicsr_iln.utils.options import parse_options  # noqa: E402
 
@@ -52,6 +53,7 @@ def worker(rank, nproc, port, opt_path, iters, warmup, threads, results):
                           WORLD_SIZE=str(nproc))
         flags = ['--launcher', 'pytorch']
     opt, _ = parse_options(tempfile.gettempdir(), is_train=True, argv=['-opt', opt_path, *flags])
+    set_denormal_flushing(opt['flush_denormal'])  # as the training CLI, before any parallel op
     opt['train'].pop('global_batch_size', None)  # timed: steps of one batch_size_per_gpu batch, no accumulation
     model = build_model(opt)
     data_opt, chans = opt['datasets']['train'], opt['network_g'].get('in_chans', 3)
