@@ -152,6 +152,12 @@ def config_text(args):
             f'{args.window}')
 
 
+def setup_text(args):
+    """The network, inputs, precision and rounds of a timed table, as one sentence."""
+    return (f'Config: {config_text(args)}; training batch {args.batch} x {args.train_size}^2 LR, inference 1 x '
+            f'{args.infer_size}^2 LR; {args.precision}; {args.repeats} interleaved rounds after {args.warmup} warm-up.')
+
+
 def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs):
     return sdpa_flop_count(query, key, value)
 
@@ -542,9 +548,7 @@ def benchmark(args, device):
 
     mem_kind = 'max_memory_allocated' if device.type == 'cuda' else 'torch.profiler allocations'
     lines = [f'### {device.type.upper()}: {hardware(device)}', '',
-             f'Config: {config_text(args)}; training batch {args.batch} x {args.train_size}^2 LR, inference 1 x '
-             f'{args.infer_size}^2 LR; {args.precision}; {args.repeats} interleaved rounds after {args.warmup} '
-             f'warm-up. FLOPs: FlopCounterMode (matmul, conv, attention only); peak for MFU: '
+             f'{setup_text(args)} FLOPs: FlopCounterMode (matmul, conv, attention only); peak for MFU: '
              f'{f"{peak:g} TFLOP/s" if peak else "-"} ({peak_source}).', '',
              f'| variant | train step (ms, median) | inference (ms, median) | peak memory train / inference (MiB, '
              f'{mem_kind}) | GFLOP train / inference | TFLOP/s train / inference | MFU train / inference |',
@@ -600,9 +604,7 @@ def denormal_benchmark(args):
                                       for mode, flush in modes.items()}, args.repeats, args.warmup)
              for kind in ('train_step', 'infer')}
     torch.set_flush_denormal(not args.keep_denormals)
-    lines = [f'Config: {config_text(args)}; training batch {args.batch} x {args.train_size}^2 LR, inference 1 x '
-             f'{args.infer_size}^2 LR; {args.precision}; {args.repeats} interleaved rounds after {args.warmup} '
-             'warm-up.', '',
+    lines = [setup_text(args), '',
              '| variant | train kept / flushed (ms) | train: kept / flushed | inference kept / flushed (ms) | '
              'inference: kept / flushed |', '|---|---|---|---|---|']
     for v in variants:
