@@ -1,16 +1,14 @@
 """Flush-to-zero of denormals (option ``flush_denormal``, basicsr_iln/utils/denormals.py): set before the first
-parallel op it reaches every intra-op thread, the check says when it did not, the CLIs set it before theirs, and
-it leaves the restored images as they are. The thread cases run in fresh interpreters with two OpenMP threads:
-the x86 flag is per thread, and a test process has its thread pool started already."""
+parallel op it reaches every intra-op thread, the check says when it did not, and the CLIs set it before theirs
+(that it leaves restored images as they are: test_checkpoints.py). The thread cases run in fresh interpreters
+with two OpenMP threads: the x86 flag is per thread, and a test process has its thread pool started already."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from helpers import REPO, run_cli, tiny_train_options, write_yaml
+from helpers import REPO, run_cli, run_python, tiny_train_options, write_yaml
 
 from basicsr_iln.utils.denormals import denormals_kept, set_denormal_flushing
 from basicsr_iln.utils.errors import ConfigError
@@ -29,7 +27,7 @@ print(json.dumps({'before': before, 'complete': report.complete, 'message': repo
 
 def probe_two_threads(when):
     env = dict(os.environ, OMP_NUM_THREADS='2', PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, '-c', PROBE, when], env=env, capture_output=True, text=True, timeout=120)
+    result = run_python(['-c', PROBE, when], env=env, timeout=120, fresh_interpreter=True)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.splitlines()[-1])
 
