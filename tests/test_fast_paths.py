@@ -11,7 +11,7 @@ from basicsr_iln.archs.hat_arch import HAT, overlapping_relative_position_index
 from basicsr_iln.archs.norms import HolisticLayerNorm, _HolisticLayerNormFunction
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
 from basicsr_iln.archs.transformer_core import (FUSED_HEAD_DIM_MULTIPLE, _explicit_biased_attention,
-                                                _head_padded_attention, biased_attention, relative_position_index,
+                                                _folded_attention, biased_attention, relative_position_index,
                                                 shifted_window_mask, stored_relative_position_bias)
 from helpers import in_fork
 from test_chunked_inference import ARCHS
@@ -208,11 +208,12 @@ def _stored_bias_op_checks():
 
 
 @pytest.mark.parametrize('windows', [1, 3])
-@pytest.mark.parametrize('head_dim', [30, 12])
-def test_head_padded_attention_equals_the_unpadded_one_with_gradients(head_dim, windows):
-    """The zero-padded head dim (CUDA's fused kernels need a multiple of 8) and the windows folded into heads
-    change nothing: values and the gradients of q, k, v and the learned bias are those of the explicit
-    attention, with and without a shift mask. The bias is laid out as the networks gather it, heads innermost."""
+@pytest.mark.parametrize('head_dim', [30, 12, 16])
+def test_folded_attention_equals_the_explicit_one_with_gradients(head_dim, windows):
+    """The windows folded into heads and the zero-padded head dim (CUDA's fused kernels need a multiple of 8;
+    16 is not padded) change nothing: values and the gradients of q, k, v and the learned bias are those of the
+    explicit attention, with and without a shift mask. The bias is laid out as the networks gather it, heads
+    innermost."""
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2 * windows, 3, 16, head_dim, generator=gen, requires_grad=True) for _ in range(3))
     gathered = torch.randn(16, 16, 3, generator=gen, requires_grad=True)
@@ -220,7 +221,7 @@ def test_head_padded_attention_equals_the_unpadded_one_with_gradients(head_dim, 
     mask = torch.randn(windows, 16, 16, generator=gen) if windows > 1 else None
     grad = torch.randn(2 * windows, 3, 16, head_dim, generator=gen)
     results = []
-    for attention in (_explicit_biased_attention, _head_padded_attention):
+    for attention in (_explicit_biased_attention, _folded_attention):
         out = attention(q, k, v, bias, mask, 0.0, None)
         results.append((out, torch.autograd.grad(out, (q, k, v, gathered), grad)))
     (reference, reference_grads), (padded, padded_grads) = results
@@ -229,9 +230,10 @@ def test_head_padded_attention_equals_the_unpadded_one_with_gradients(head_dim, 
         torch.testing.assert_close(got, expected)
 
 
-def test_attention_off_the_cpu_pads_unaligned_head_dims_only(monkeypatch):
+def test_attention_off_the_cpu_pads_unaligned_head_dims_only_and_folds_windows_into_heads(monkeypatch):
     """On CUDA (the meta device stands in) a head dim of 30 reaches SDPA padded to 32; the CPU keeps 30, and an
-    aligned head dim is never padded."""
+    aligned head dim is never padded. Off the CPU the windows are heads and the bias + mask is stored once for
+    both images, not once per image."""
     seen = []
     sdpa = F.scaled_dot_product_attention
 
@@ -245,8 +247,7 @@ def test_attention_off_the_cpu_pads_unaligned_head_dims_only(monkeypatch):
         bias, mask = torch.zeros(3, 16, 16, device=device), torch.zeros(2, 16, 16, device=device)
         with torch.no_grad():
             assert biased_attention(q, q, q, bias, mask).shape == q.shape
-    # Padded, the windows are heads and the bias + mask is stored once for both images, not once per image.
-    assert seen == [(32, (1, 6, 16, 16)), (30, (4, 3, 16, 16)), (16, (4, 3, 16, 16))] and FUSED_HEAD_DIM_MULTIPLE == 8
+    assert seen == [(32, (1, 6, 16, 16)), (30, (4, 3, 16, 16)), (16, (1, 6, 16, 16))] and FUSED_HEAD_DIM_MULTIPLE == 8
 
 
 

@@ -153,11 +153,12 @@ def biased_attention(q, k, v, bias, mask=None, dropout_p=0.0, scale=None):
     Training on CPU uses the explicit formula instead: torch's fused CPU kernel has no gradient for
     the mask (the learned bias), so SDPA would fall back to its math path, about twice as slow. A
     recorded graph (trace, export) always holds the fused attention, whatever the grad mode.
+    Elsewhere (CUDA) see ``_folded_attention``.
     """
     if q.device.type == 'cpu' and bias.requires_grad and torch.is_grad_enabled() and not recording_graph():
         return _explicit_biased_attention(q, k, v, bias, mask, dropout_p, scale)
-    if q.device.type != 'cpu' and q.shape[-1] % FUSED_HEAD_DIM_MULTIPLE:
-        return _head_padded_attention(q, k, v, bias, mask, dropout_p, scale)
+    if q.device.type != 'cpu':
+        return _folded_attention(q, k, v, bias, mask, dropout_p, scale)
     if mask is None:
         attn_mask = bias.unsqueeze(0)
     else:
@@ -179,15 +180,17 @@ def _per_window_mask(bias, mask):
 FUSED_HEAD_DIM_MULTIPLE = 8
 
 
-def _head_padded_attention(q, k, v, bias, mask, dropout_p, scale):
-    """``biased_attention`` with q, k, v zero-padded to a head dim of a multiple of FUSED_HEAD_DIM_MULTIPLE: zeros
-    add nothing to q k^T, the scale stays that of the real head dim, and v's zero columns are sliced off the
-    output. The padded copies are contiguous, so with a shift mask the windows of each image become heads at
-    no cost, (B, nW * heads, N, d): the per-window bias + mask, (1, nW * heads, N, N), is then broadcast over
-    the batch instead of being stored (and kept for backward) once per image."""
+def _folded_attention(q, k, v, bias, mask, dropout_p, scale):
+    """``biased_attention`` for CUDA's fused kernels. With a shift mask, the windows of each image become heads,
+    (B, nW * heads, N, d): the per-window bias + mask, (1, nW * heads, N, N), is then broadcast over the batch
+    instead of being stored (and kept for backward) once per image, B*nW*heads*N*N values (HAT-mini's batch of
+    16: 100 MB per shifted block in fp32), for contiguous copies of q, k, v (d / N of that size each).
+    q, k, v are zero-padded to a head dim of a multiple of FUSED_HEAD_DIM_MULTIPLE where needed: zeros add nothing
+    to q k^T, the scale stays that of the real head dim, and v's zero columns are sliced off the output."""
     head_dim, windows_heads = q.shape[-1], q.shape[:2]
-    pad = (0, -head_dim % FUSED_HEAD_DIM_MULTIPLE)
-    q, k, v = (F.pad(t, pad) for t in (q, k, v))
+    pad = -head_dim % FUSED_HEAD_DIM_MULTIPLE
+    if pad:
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
     attn_mask = bias.unsqueeze(0)
     if mask is not None:
         nw = mask.shape[0]
