@@ -43,6 +43,7 @@ from basicsr_iln.utils.network_config import (  # noqa: E402
     build_network_checked, checkpoint_network_config, config_differences, describe_differences, network_config,
     network_options)
 from basicsr_iln.utils.inference import check_tiling, restore, tiling_caveats  # noqa: E402
+from basicsr_iln.utils.memory_format import image_memory_format, to_memory_format  # noqa: E402
 from basicsr_iln.utils.options import load_yaml_file  # noqa: E402
 
 
@@ -75,6 +76,8 @@ def build_arg_parser():
                         '(bf16/fp16: weights, input and features in the half type; int8: dynamic Linear, CPU)')
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     parser.add_argument('--self-ensemble', action='store_true', help='average over the 8 flips/rotations')
+    parser.add_argument('--channels-last', action='store_true', help='convolution weights in NHWC memory format, '
+                        "as option channels_last (faster on some machines: docs/benchmarks.md)")
     add_keep_denormals_argument(parser)
     parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
     return parser
@@ -192,7 +195,7 @@ def infer(argv=None):
     paths, skipped = list_inputs(args.input)
     device = torch.device('cuda' if args.device != 'cpu' and torch.cuda.is_available() else 'cpu')
     net, checkpoint, _ = network_from_args(args)
-    net = PrecisionNetwork(net.to(device), args.precision)
+    net = PrecisionNetwork(to_memory_format(net.to(device), args.channels_last), args.precision)
     if args.tile:
         check_tiling(args.tile, args.tile_overlap, getattr(net, 'window_size', 1))
     channels = input_channels(net)
@@ -227,7 +230,8 @@ def restore_file(net, path, channels, device, args):
     if note:
         tqdm.write(f'{osp.basename(path)}: {note}')
     lq = degrade(img, path, args)
-    x = img2tensor(lq, bgr2rgb=channels == 3, float32=True).unsqueeze(0).to(device)
+    x = img2tensor(lq, bgr2rgb=channels == 3, float32=True).unsqueeze(0).to(
+        device, memory_format=image_memory_format(args.channels_last))
     out = restore(net, x, tile=args.tile, tile_overlap=args.tile_overlap, ensemble=args.self_ensemble,
                   progress=True, max_chunk_tokens=args.max_chunk_tokens)
     if net.nonfinite:

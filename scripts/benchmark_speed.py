@@ -6,7 +6,7 @@ whether BasicSR's data loader keeps up with the training step.
         [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8 | --released [--depths 6 --heads 6]]
         [--precision fp32] [--peak-tflops X] [--threads 1] [--profile SwinIR] [--out results.md]
         [--block-shapes 2x1024x48 1x2304x180] [--compile [--compiled-only]] [--with-data [--workers 0 2] [--data-from DIR]
-        [--sub-size 480]] [--op-counts] [--keep-denormals] [--denormal-effect]
+        [--sub-size 480]] [--op-counts] [--keep-denormals] [--denormal-effect] [--channels-last] [--channels-last-effect]
 
 Variants: every arch x norm (ln, iln) at the same small x2 classical-SR config, plus ``basicsr``:
 ``basicsr.archs.swinir_arch.SwinIR`` with the weights of our SwinIR (ln); with ``--compile`` each of
@@ -18,6 +18,9 @@ that IRModel trains every network with) on ``--batch`` LR crops of ``--train-siz
 Denormal floats are flushed to zero on the CPU, as the train and test CLIs do (``flush_denormal``);
 ``--keep-denormals`` times torch's default instead. The first line after the command says which held.
 ``--denormal-effect`` times every variant both ways, toggled call by call in the same rounds.
+``--channels-last`` lays every network and its LR inputs out in channels_last, as option ``channels_last``
+does; ``--channels-last-effect`` builds every variant both ways and times them in the same rounds, and
+compares our SwinIR in channels_last with BasicSR's in the default layout (BasicSR has no such option).
 
 Timing is interleaved: each round times every variant once, in an order rotated from round to
 round, so that load changes on a shared machine hit all variants alike; times are medians over
@@ -102,6 +105,7 @@ from basicsr_iln.models.ir_model import adam_kwargs  # noqa: E402
 from basicsr_iln.presets import backbone_kwargs  # noqa: E402
 from basicsr_iln.utils.denormals import add_keep_denormals_argument, set_denormal_flushing  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
+from basicsr_iln.utils.memory_format import image_memory_format, to_memory_format  # noqa: E402
 from make_quickstart_dataset import TRAIN_PHOTOS, load_photo  # noqa: E402
 from prepare_sr import bicubic_downsample, crop_starts, list_images, make_lmdb, read_image, write_png  # noqa: E402
 
@@ -195,20 +199,25 @@ def build(args, variant, device):
 
 
 class Bench:
-    """One variant's network, optimizer and inputs; ``train_step``/``infer`` return seconds."""
+    """One variant's network, optimizer and inputs; ``train_step``/``infer`` return seconds. ``channels_last``:
+    network and LR inputs in that memory format, as option ``channels_last`` lays them out (None: as
+    ``--channels-last``)."""
 
-    def __init__(self, args, variant, device):
+    def __init__(self, args, variant, device, channels_last=None):
         self.device = device
         self.bf16 = args.precision == 'bf16'
-        self.net = build(args, variant[:2], device)
+        self.channels_last = args.channels_last if channels_last is None else channels_last
+        self.net = to_memory_format(build(args, variant[:2], device), self.channels_last)
         if compiled(variant):  # static shapes, as option `compile` defaults to (dynamic tracing hangs)
             self.net = torch.compile(self.net, dynamic=False)
         params = list(self.net.parameters())  # the Adam IRModel trains with, for every variant alike
         self.optimizer = torch.optim.Adam(params, lr=1e-4, **adam_kwargs(params, {}))
         gen = torch.Generator().manual_seed(1)
-        self.lq = torch.rand(args.batch, 3, args.train_size, args.train_size, generator=gen).to(device)
+        layout = image_memory_format(self.channels_last)
+        self.lq = torch.rand(args.batch, 3, args.train_size, args.train_size, generator=gen).to(device,
+                                                                                                memory_format=layout)
         self.gt = torch.rand(args.batch, 3, SCALE * args.train_size, SCALE * args.train_size, generator=gen).to(device)
-        self.image = torch.rand(1, 3, args.infer_size, args.infer_size, generator=gen).to(device)
+        self.image = torch.rand(1, 3, args.infer_size, args.infer_size, generator=gen).to(device, memory_format=layout)
 
     def sync(self):
         if self.device.type == 'cuda':
@@ -587,10 +596,7 @@ def benchmark(args, device):
 def denormal_benchmark(args):
     """Each variant with denormals kept / flushed, toggled before every call in the same interleaved rounds
     (CPU, one thread: the flag is the calling thread's). Ends with the setting of ``--keep-denormals``."""
-    eager = eager_variants(args.archs)
-    variants = eager + ([(*v, COMPILED) for v in eager] if args.compile else [])
-    if args.compile:
-        allow_compiles_of_every_variant(len(eager))
+    variants = effect_variants(args)
     benches = {v: Bench(args, v, torch.device('cpu')) for v in variants}
 
     def toggled(run, flush):
@@ -599,19 +605,53 @@ def denormal_benchmark(args):
             return run()
         return timed
 
-    modes = {'keep': False, 'flush': True}
+    modes = {'kept': False, 'flushed': True}
     times = {kind: interleaved_times({(v, mode): toggled(getattr(b, kind), flush) for v, b in benches.items()
                                       for mode, flush in modes.items()}, args.repeats, args.warmup)
              for kind in ('train_step', 'infer')}
     torch.set_flush_denormal(not args.keep_denormals)
-    lines = [setup_text(args), '',
-             '| variant | train kept / flushed (ms) | train: kept / flushed | inference kept / flushed (ms) | '
-             'inference: kept / flushed |', '|---|---|---|---|---|']
+    return [setup_text(args), ''] + effect_table(variants, times, list(modes))
+
+
+def channels_last_benchmark(args, device):
+    """Each variant built twice, in channels_last and in the default memory format, timed in the same
+    interleaved rounds."""
+    variants = effect_variants(args, networks_per_variant=2)
+    modes = {'channels_last': True, 'default': False}
+    benches = {(v, mode): Bench(args, v, device, channels_last=cl) for v in variants for mode, cl in modes.items()}
+    times = {kind: interleaved_times({key: getattr(b, kind) for key, b in benches.items()}, args.repeats, args.warmup)
+             for kind in ('train_step', 'infer')}
+    lines = [setup_text(args), ''] + effect_table(variants, times, list(modes))
+    if BASICSR in variants:  # BasicSR has no such option: ours with it against BasicSR as it runs
+        lines += ['', '| ratio [95% interval] | train step | inference |', '|---|---|---|']
+        for suffix in [()] + ([(COMPILED, )] if args.compile else []):
+            ours, theirs = (('SwinIR', 'ln', *suffix), 'channels_last'), ((*BASICSR, *suffix), 'default')
+            lines.append(f'| SwinIR ln{" compiled" if suffix else ""}: ours in channels_last / BasicSR in the default '
+                         f'layout | {ratio_cell(times["train_step"], ours, theirs)} | '
+                         f'{ratio_cell(times["infer"], ours, theirs)} |')
+    return lines
+
+
+def effect_variants(args, networks_per_variant=1):
+    """The variants of a two-setting table: every eager one, and with ``--compile`` its compiled form too."""
+    eager = eager_variants(args.archs)
+    if not args.compile:
+        return eager
+    allow_compiles_of_every_variant(networks_per_variant * len(eager))
+    return eager + [(*v, COMPILED) for v in eager]
+
+
+def effect_table(variants, times, modes):
+    """Markdown rows of each variant under the two settings ``modes`` = [a, b]: medians a / b (ms) and the
+    median of the per-round ratios a / b, for training steps and inference; ``times[kind][(variant, mode)]``."""
+    a, b = modes
+    lines = [f'| variant | train {a} / {b} (ms) | train: {a} / {b} | inference {a} / {b} (ms) | '
+             f'inference: {a} / {b} |', '|---|---|---|---|---|']
     for v in variants:
         cells = []
         for kind in ('train_step', 'infer'):
-            kept, flushed = (statistics.median(times[kind][(v, mode)]) * 1e3 for mode in modes)
-            cells += [f'{kept:.1f} / {flushed:.1f}', ratio_cell(times[kind], (v, 'keep'), (v, 'flush'))]
+            first, second = (statistics.median(times[kind][(v, mode)]) * 1e3 for mode in modes)
+            cells += [f'{first:.1f} / {second:.1f}', ratio_cell(times[kind], (v, a), (v, b))]
         lines.append(f'| {name(v)} | ' + ' | '.join(cells) + ' |')
     return lines
 
@@ -688,19 +728,20 @@ class LoaderFeed:
             next(self.batches)
         return time.perf_counter() - start
 
-    def _next_on(self, device):
+    def _next_on(self, bench):
         batch = next(self.batches)
-        return batch['lq'].to(device, non_blocking=True), batch['gt'].to(device, non_blocking=True)
+        return (batch['lq'].to(bench.device, non_blocking=True, memory_format=image_memory_format(bench.channels_last)),
+                batch['gt'].to(bench.device, non_blocking=True))
 
     def train(self, bench):
         """Seconds of DATA_ITERS whole iterations of ``bench``: next batch, to(device), training step."""
         self._skip_prefetched()
         bench.net.train()
-        bench.train_on(*self._next_on(bench.device))  # untimed: waits for the first batch after the skip
+        bench.train_on(*self._next_on(bench))  # untimed: waits for the first batch after the skip
         bench.sync()
         start = time.perf_counter()
         for _ in range(DATA_ITERS):
-            bench.train_on(*self._next_on(bench.device))
+            bench.train_on(*self._next_on(bench))
         bench.sync()
         return time.perf_counter() - start
 
@@ -787,6 +828,11 @@ def main(argv=None):
                         'token shapes, on CPU, with 10x --repeats rounds')
     parser.add_argument('--denormal-effect', action='store_true', help='also time every variant (and its compiled '
                         'form with --compile) with denormals kept and flushed, on CPU, needs --threads 1')
+    parser.add_argument('--channels-last', action='store_true', help='every network and its LR inputs in '
+                        'channels_last memory format, as option channels_last lays them out')
+    parser.add_argument('--channels-last-effect', action='store_true', help='also time every variant (and its '
+                        'compiled form with --compile) in channels_last and in the default memory format, on '
+                        'each device')
     parser.add_argument('--with-data', action='store_true', help='also time whole training iterations with '
                         "BasicSR's data loader (PNG and LMDB sub-images of real photos)")
     parser.add_argument('--workers', type=int, nargs='+', default=[0, 2], help='--with-data: loader worker counts')
@@ -823,6 +869,9 @@ def main(argv=None):
         if args.profile:
             profile(args, args.profile, device)
         lines += benchmark(args, device) + ['']
+        if args.channels_last_effect:
+            lines += [f'### channels_last / default memory format, {device.type.upper()}: {hardware(device)}', ''] + \
+                channels_last_benchmark(args, device) + ['']
         if args.with_data:
             lines += data_benchmark(args, device) + ['']
     if args.op_counts:

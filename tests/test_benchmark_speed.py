@@ -134,6 +134,20 @@ def test_denormal_effect_times_every_variant_both_ways_and_says_which_setting_th
         assert re.search(rf'^\| {re.escape(row)} \|( [\d.]+ / [\d.]+ \| [\d.]+ \|){{2}}$', text, re.M), row
 
 
+@pytest.mark.slow
+def test_channels_last_effect_times_every_variant_in_both_layouts_and_ours_against_basicsr(tmp_path):
+    out = tmp_path / 'channels_last.md'
+    result = run_python(BENCHMARK + TINY + ['--archs', 'SwinIR', '--no-memory', '--channels-last-effect', '--out', out],
+                        timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = out.read_text()
+    assert 'train channels_last / default (ms)' in text
+    for row in ('SwinIR ln', 'SwinIR iln', 'SwinIR ln (BasicSR)'):
+        assert re.search(rf'^\| {re.escape(row)} \|( [\d.]+ / [\d.]+ \| [\d.]+ \|){{2}}$', text, re.M), row
+    assert re.search(r'^\| SwinIR ln: ours in channels_last / BasicSR in the default layout \| [\d.]+ \| [\d.]+ \|$',
+                     text, re.M)
+
+
 def test_denormal_effect_needs_one_thread():
     result = run_python(BENCHMARK + ['--denormal-effect', '--threads', '2', '--devices'])
     assert result.returncode == 2 and '--denormal-effect needs --threads 1' in result.stderr

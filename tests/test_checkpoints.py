@@ -185,6 +185,14 @@ def test_flushing_denormals_leaves_the_restored_image_as_it_is(saved_run, tmp_pa
     assert (flushed == kept).all()
 
 
+def test_channels_last_inference_restores_the_same_image(saved_run, tmp_path):
+    """Another layout only changes the convolutions' summation order: at most one 8-bit level, here and there."""
+    argv = ['-c', str(saved_run.checkpoint), '-i', str(saved_run.photo)]
+    default = infer_output(argv, tmp_path / 'default').astype(int)
+    channels_last = infer_output([*argv, '--channels-last'], tmp_path / 'nhwc').astype(int)
+    assert abs(channels_last - default).max() <= 1 and (channels_last == default).mean() > 0.99
+
+
 def test_infer_refuses_values_that_contradict_the_checkpoint(saved_run, tmp_path, capsys):
     other = dict(saved_run.train_opt, network_g=dict(saved_run.train_opt['network_g'], embed_dim=16))
     other_path = write_yaml(tmp_path / 'other.yml', other)

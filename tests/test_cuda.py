@@ -14,6 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from basicsr_iln.archs.chunking import chunked_inference
 from basicsr_iln.archs.transformer_core import _explicit_biased_attention, biased_attention
 from basicsr_iln.utils.inference import restore
+from basicsr_iln.utils.memory_format import to_memory_format
 from test_chunked_inference import ARCHS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -40,6 +41,25 @@ def test_cuda_forward_equals_cpu(arch, norm_type, no_tf32):
     on_cpu = restore(net, x)
     on_gpu = restore(net.to(CUDA), x.to(CUDA)).cpu()
     torch.testing.assert_close(on_gpu, on_cpu, atol=2e-4, rtol=0)  # fp32 against fp32 (no_tf32)
+
+
+@pytest.mark.parametrize('arch', sorted(ARCHS))
+def test_channels_last_on_cuda_gives_the_default_layouts_output_and_gradients(arch, no_tf32):
+    """Option channels_last hands cuDNN NHWC weights and images: other kernels, the same values."""
+    torch.manual_seed(0)
+    nets = [ARCHS[arch]('iln', drop_path_rate=0.).to(CUDA).train() for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    to_memory_format(nets[1], True)
+    lq = torch.rand(2, 3, 16, 16, device=CUDA)
+    outputs, grads = [], []
+    for net, layout in zip(nets, (torch.preserve_format, torch.channels_last)):
+        out = net(lq.contiguous(memory_format=layout))
+        out.square().mean().backward()
+        outputs.append(out.detach())
+        grads.append([p.grad for p in net.parameters()])
+    torch.testing.assert_close(outputs[1], outputs[0], atol=1e-4, rtol=1e-4)
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize('arch', sorted(ARCHS))

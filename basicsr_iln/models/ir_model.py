@@ -61,6 +61,7 @@ from basicsr_iln.utils.console import log_network
 from basicsr_iln.utils.dist import all_gather, gather_to_rank0
 from basicsr_iln.utils.errors import ConfigError, NonFiniteTrainingError
 from basicsr_iln.utils.inference import restore
+from basicsr_iln.utils.memory_format import image_memory_format, match_state_layouts, to_memory_format
 from basicsr_iln.utils.network_config import NETWORK_CONFIG_KEY, check_network_builds, network_config
 from basicsr_iln.utils.schema import read_option, resolve_option
 
@@ -179,6 +180,7 @@ class IRModel(SRModel):
 
     def __init__(self, opt):
         check_network_builds(opt['network_g'])  # a bad network_g as one line, not BasicSR's traceback
+        self.channels_last = read_option(opt, 'channels_last')
         super().__init__(opt)
 
     def print_network(self, net):
@@ -196,6 +198,8 @@ class IRModel(SRModel):
 
     def init_training_settings(self):
         super().init_training_settings()
+        if hasattr(self, 'net_g_ema'):  # built by BasicSR, not through model_to_device
+            to_memory_format(self.net_g_ema, self.channels_last)
         train_opt = self.opt['train']
         self.train_dtype = precision_dtype(train_opt.get('precision', 'fp32'), 'train.precision')
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_dtype == torch.float16)
@@ -217,7 +221,7 @@ class IRModel(SRModel):
         """SRModel.feed_data with non-blocking copies. From page-locked batches (``pin_memory: true``) the copy
         to the GPU is then queued behind the previous step instead of waiting for it to finish on the GPU (a
         host sync every step); from pageable memory torch copies synchronously either way."""
-        self.lq = data['lq'].to(self.device, non_blocking=True)
+        self.lq = data['lq'].to(self.device, non_blocking=True, memory_format=image_memory_format(self.channels_last))
         if 'gt' in data:
             self.gt = data['gt'].to(self.device, non_blocking=True)
 
@@ -375,7 +379,7 @@ class IRModel(SRModel):
         return super().get_current_log()
 
     def model_to_device(self, net):
-        net = net.to(self.device)
+        net = to_memory_format(net.to(self.device), self.channels_last)
         if self.is_train and read_option(self.opt['train'], 'train.sync_bn') and self.opt['dist']:
             synchronized = BatchNorm.synchronize(net)
             if synchronized:
@@ -470,7 +474,7 @@ class IRModel(SRModel):
         nets = net if isinstance(net, list) else [net]
         keys = param_key if isinstance(param_key, list) else [param_key]
         save_dict = {
-            key: {k: v.detach().cpu() for k, v in self.get_bare_model(n).state_dict().items()}
+            key: {k: v.detach().cpu().contiguous() for k, v in self.get_bare_model(n).state_dict().items()}
             for n, key in zip(nets, keys)
         }
         if net_label == 'net_g':
@@ -497,6 +501,8 @@ class IRModel(SRModel):
 
     def resume_training(self, resume_state):
         super().resume_training(resume_state)
+        for optimizer in self.optimizers:  # a state saved with the other channels_last setting
+            match_state_layouts(optimizer)
         if resume_state.get('grad_scaler'):  # absent in older states and empty for a disabled scaler
             self.grad_scaler.load_state_dict(resume_state['grad_scaler'])
         rngs = resume_state.get('rng_per_rank') or []

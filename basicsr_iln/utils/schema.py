@@ -608,6 +608,8 @@ OPTIONS = Section({
     'find_unused_parameters': Option(Boolean(), False, 'DDP: allow parameters unused in the forward pass'),
     'analysis': Option(ANALYSIS, None, 'training-dynamics probes (absent: off)'),
     'compile': Option(Either(Boolean(), COMPILE), False, 'torch.compile the trained network (true or its arguments)'),
+    'channels_last': Option(Boolean(), False, 'convolution weights in NHWC memory format (oneDNN / cuDNN native; '
+                            'faster or slower by machine: docs/benchmarks.md); checkpoints stay contiguous'),
     'flush_denormal': Option(Boolean(), True, 'CPU: flush denormal floats (below 1.2e-38) to zero, which x86 '
                              'computes on slowly; set before the first parallel op (basicsr_iln/utils/denormals.py)'),
     'dist': Option(Boolean(), None, 'set by the CLI: distributed run?', runtime=True),
