@@ -10,7 +10,8 @@ from basicsr.models import build_model
 from basicsr_iln.utils.errors import ConfigError
 from basicsr_iln.utils.memory_format import match_state_layouts
 from basicsr_iln.utils.options import parse_options
-from helpers import write_yaml
+from helpers import start_ranks, tiny_train_options, write_yaml
+from test_distributed import BATCH, NPROC, first_step, free_port, load_ranks, spawned_rank
 from test_training_steps import assert_relatively_close, batches, grads, model_options, step, weights
 
 
@@ -49,6 +50,24 @@ def test_gradients_equal_those_of_the_default_layout(tiny_sr_data, tmp_path):
     assert_relatively_close(actual, expected)
     laid_out = {n: g for n, g in actual.items() if g.dim() == 4}
     assert laid_out and all(g.is_contiguous(memory_format=torch.channels_last) for g in laid_out.values())
+
+
+@pytest.mark.slow
+def test_ddp_in_channels_last_all_reduces_the_gradients_of_the_default_layout(tiny_sr_data, tmp_path):
+    """2 gloo ranks in channels_last, each on half the batch: DDP's buckets hold the gradients of a single
+    process on the whole batch in the default layout."""
+    opt = tiny_train_options(tiny_sr_data, 'ddp_nhwc', drop_path_rate=0.0)  # no random drop-path draws per rank
+    nhwc = write_yaml(tmp_path / 'nhwc.yml', dict(opt, channels_last=True))
+    default = write_yaml(tmp_path / 'default.yml', dict(opt, name='single_nchw'))
+    empty = tmp_path / 'no_checkpoints'
+    empty.mkdir()
+    start_ranks(spawned_rank, (free_port(), nhwc, tmp_path, [empty] * NPROC, tmp_path), NPROC)
+    _, _, full = first_step(default, tmp_path, slice(0, NPROC * BATCH))
+    for rank in load_ranks(tmp_path):
+        assert rank['grads'].keys() == full.keys()
+        assert all(g.is_contiguous(memory_format=torch.channels_last) for g in rank['grads'].values() if g.dim() == 4)
+        for name, grad in rank['grads'].items():
+            torch.testing.assert_close(grad, full[name], rtol=1e-4, atol=1e-7, msg=name)
 
 
 def test_checkpoints_are_written_contiguous_and_load_into_either_layout(tiny_sr_data, tmp_path):
