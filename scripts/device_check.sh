@@ -4,7 +4,7 @@
 # the machine's start of a minute or more included).
 #
 #   bash scripts/device_check.sh core    # the essentials; step limits sum to 410 s
-#   bash scripts/device_check.sh extra   # the rest, only if the device time left allows; step limits sum to 295 s
+#   bash scripts/device_check.sh extra   # the rest, only if the device time left allows; step limits sum to 320 s
 # (limits are caps, not measured times: the script has not run on a GPU yet.)
 #
 # core: the CUDA tests (tests/test_cuda.py); HAT-mini i-LN trained 100 iterations on the quickstart data through
@@ -15,7 +15,8 @@
 #   eager + compiled at 2 blocks (compiling 3 variants of 6 blocks would not fit).
 # extra: the quickstart SwinIR trained 200 iterations in fp32, bf16 and fp16 and HAT-mini i-LN 100 in fp32
 #   (torchrun + nccl); benchmark_speed.py --with-data in bf16 (BasicSR's loader from PNG and LMDB sub-images,
-#   0, 4 and 8 workers: can it keep the GPU busy?); benchmark_large_image.py on CUDA at 1080x1920.
+#   0, 4 and 8 workers: can it keep the GPU busy?); benchmark_speed.py --channels-last-effect in bf16 (option
+#   channels_last: cuDNN's convolutions in NHWC); benchmark_large_image.py on CUDA at 1080x1920.
 #
 # Through the device tool, from the repository root of the session's checkout (the device machine has torch
 # but neither basicsr nor lmdb, and cannot download: they travel as wheels in .whl/, which .gitignore ignores).
@@ -46,7 +47,7 @@ cd "$(dirname "$0")/.." || exit 1
 PART=${1:-}
 case $PART in
     core) DEFAULT_BUDGET=410 ;;
-    extra) DEFAULT_BUDGET=295 ;;
+    extra) DEFAULT_BUDGET=320 ;;
     *) echo "usage: bash scripts/device_check.sh core|extra  (see the comment at the top)" >&2; exit 2 ;;
 esac
 DEADLINE=$((SECONDS + ${BUDGET_S:-$DEFAULT_BUDGET}))
@@ -177,6 +178,8 @@ else
     train hat_mini_iln_fp32 45 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_100[@]}" train:precision=fp32
     step benchmark_speed_data 60 "$PY" "${SPEED[@]}" --depths 6 --precision bf16 --with-data --workers 0 4 8 \
         --repeats 5 --warmup 1 --no-memory --out "$OUT/benchmark_speed_data.md"
+    step benchmark_speed_channels_last 25 "$PY" "${SPEED[@]}" --depths 6 --precision bf16 --channels-last-effect \
+        --repeats 10 --warmup 2 --no-memory --out "$OUT/benchmark_speed_channels_last.md"
     step benchmark_large_image 50 "$PY" scripts/benchmark_large_image.py --device cuda --lr-size 1080 1920 \
         --embed-dim 180 --depths 6 --heads 6 --window 16 --out "$OUT/benchmark_large_image.md"
 fi
