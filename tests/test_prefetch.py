@@ -6,6 +6,7 @@ untrained batch), and the model asks for non-blocking copies. The side-stream co
 import random
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Dataset
@@ -66,12 +67,15 @@ class CopyRequests(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_the_model_copies_a_batch_to_its_device_without_blocking():
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_the_model_copies_a_batch_to_its_device_without_blocking(channels_last):
     """A blocking copy from page-locked memory waits for the previous step to finish on the GPU: a host sync
-    every step. (Meta stands in for the GPU: a copy to it is dispatched like one to CUDA.)"""
-    model = SimpleNamespace(device=torch.device('meta'))
+    every step. (Meta stands in for the GPU: a copy to it is dispatched like one to CUDA.) With option
+    channels_last the LR batch is laid out in the same copy."""
+    model = SimpleNamespace(device=torch.device('meta'), channels_last=channels_last)
     data = {'lq': torch.rand(2, 3, 4, 4), 'gt': torch.rand(2, 3, 8, 8)}
     with CopyRequests() as requests:
         IRModel.feed_data(model, data)
     assert requests.non_blocking == [True, True]
     assert model.lq.device.type == 'meta' and model.gt.shape == (2, 3, 8, 8)
+    assert model.lq.is_contiguous(memory_format=torch.channels_last) == channels_last
