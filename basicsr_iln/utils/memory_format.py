@@ -1,8 +1,8 @@
 """The ``channels_last`` option: convolution weights in NHWC memory format, so that oneDNN (CPU) and cuDNN run
 the convolutions on their native layout instead of reordering weights and feature maps at every call. The
 tokens of these networks are (B, H*W, C), so the feature maps they hand to a convolution are NHWC views
-already; with NCHW weights each convolution converts one of the two. Measured in docs/benchmarks.md
-("channels_last"): it depends on the machine, hence off by default, as in torch and BasicSR.
+already; with NCHW weights each convolution converts one of the two. Measured in docs/benchmarks.md ("Memory
+format: channels_last"): it depends on the machine, hence off by default, as in torch and BasicSR.
 
 Only the layout changes, never a value's meaning: checkpoints are written contiguous (they load into either
 layout, and into BasicSR's networks), and the optimizer's per-parameter state follows its parameter's layout
@@ -34,8 +34,9 @@ def match_state_layouts(optimizer):
     moved = 0
     for group in optimizer.param_groups:
         for param in group['params']:
-            for key, value in optimizer.state.get(param, {}).items():
+            state = optimizer.state.get(param, {})
+            for key, value in list(state.items()):
                 if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
                     moved += 1
     return moved
