@@ -16,7 +16,7 @@ from helpers import REPO, real_photos, run_python
 sys.path.insert(0, str(REPO / 'scripts'))
 from benchmark_speed import (ARCH_TYPES, BASICSR, BASICSR_BEST, COMPILED, OURS_BEST, CudaAttentionOnMeta,  # noqa: E402
                              OpCount, counted_flops, known_peak_tflops, median_interval, network_kwargs, peak_tflops,
-                             ratio_cell, throughput_cells, with_best_paths)
+                             ratio_cell, throughput_cells, with_best_paths, with_layout_best_paths)
 
 from basicsr_iln.presets import size_of
 
@@ -132,6 +132,16 @@ def test_denormal_effect_times_every_variant_both_ways_and_says_which_setting_th
     assert 'Denormal floats are kept on the CPU' in text
     for row in ('SwinIR ln', 'SwinIR iln', 'SwinIR ln (BasicSR)'):
         assert re.search(rf'^\| {re.escape(row)} \|( [\d.]+ / [\d.]+ \| [\d.]+ \|){{2}}$', text, re.M), row
+
+
+def test_layout_best_paths_let_ours_pick_the_layout_and_keep_basicsr_in_its_own():
+    ours, theirs = ('SwinIR', 'ln'), BASICSR
+    times = {(ours, 'channels_last'): [3.0, 1.0], (ours, 'default'): [2.0, 4.0],
+             ((*ours, COMPILED), 'channels_last'): [5.0, 5.0], ((*ours, COMPILED), 'default'): [4.0, 0.5],
+             (theirs, 'channels_last'): [0.1, 0.1], (theirs, 'default'): [6.0, 2.0],
+             ((*theirs, COMPILED), 'channels_last'): [0.1, 0.1], ((*theirs, COMPILED), 'default'): [4.0, 3.0]}
+    best = with_layout_best_paths(times, ['channels_last', 'default'])
+    assert best[OURS_BEST] == [2.0, 0.5] and best[BASICSR_BEST] == [4.0, 2.0]  # BasicSR's own layout only
 
 
 @pytest.mark.slow
