@@ -122,16 +122,22 @@ def test_benchmark_prints_all_variants_ratios_and_block_halves(tmp_path):
     assert re.search(r'^\| \(1, 64, 12\) \|( [\d.]+ \|){6}$', text, re.M)
 
 
-@pytest.mark.slow
-def test_denormal_effect_times_every_variant_both_ways_and_says_which_setting_the_rest_ran_with(tmp_path):
-    out = tmp_path / 'denormals.md'
-    result = run_python(BENCHMARK + TINY[2:] + ['--devices', '--archs', 'SwinIR', '--denormal-effect',
-                                                '--keep-denormals', '--out', out], timeout=300)
+def two_setting_tables(tmp_path, *flags):
+    """The --out text of a SwinIR benchmark run with ``flags``, after checking that every variant has a row of a
+    two-setting table: a / b (ms) and the ratio, for training and for inference."""
+    out = tmp_path / 'tables.md'
+    result = run_python(BENCHMARK + [*flags, '--archs', 'SwinIR', '--out', out], timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     text = out.read_text()
-    assert 'Denormal floats are kept on the CPU' in text
     for row in ('SwinIR ln', 'SwinIR iln', 'SwinIR ln (BasicSR)'):
         assert re.search(rf'^\| {re.escape(row)} \|( [\d.]+ / [\d.]+ \| [\d.]+ \|){{2}}$', text, re.M), row
+    return text
+
+
+@pytest.mark.slow
+def test_denormal_effect_times_every_variant_both_ways_and_says_which_setting_the_rest_ran_with(tmp_path):
+    text = two_setting_tables(tmp_path, *TINY[2:], '--devices', '--denormal-effect', '--keep-denormals')
+    assert 'Denormal floats are kept on the CPU' in text
 
 
 def test_layout_best_paths_let_ours_pick_the_layout_and_keep_basicsr_in_its_own():
@@ -146,14 +152,8 @@ def test_layout_best_paths_let_ours_pick_the_layout_and_keep_basicsr_in_its_own(
 
 @pytest.mark.slow
 def test_channels_last_effect_times_every_variant_in_both_layouts_and_ours_against_basicsr(tmp_path):
-    out = tmp_path / 'channels_last.md'
-    result = run_python(BENCHMARK + TINY + ['--archs', 'SwinIR', '--no-memory', '--channels-last-effect', '--out', out],
-                        timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    text = out.read_text()
+    text = two_setting_tables(tmp_path, *TINY, '--no-memory', '--channels-last-effect')
     assert 'train channels_last / default (ms)' in text
-    for row in ('SwinIR ln', 'SwinIR iln', 'SwinIR ln (BasicSR)'):
-        assert re.search(rf'^\| {re.escape(row)} \|( [\d.]+ / [\d.]+ \| [\d.]+ \|){{2}}$', text, re.M), row
     assert re.search(r'^\| SwinIR ln: ours in channels_last / BasicSR in the default layout \| [\d.]+ \| [\d.]+ \|$',
                      text, re.M)
 
