@@ -200,6 +200,7 @@ def evaluate_run(spec, args):
     if present:
         opt['datasets'] = present
         opt['val'] = dict(opt.get('val') or {}, save_img=False, self_ensemble=args.self_ensemble)
+        opt['channels_last'] = args.channels_last or opt['channels_last']
         check_datasets(opt)
         model = build_model(opt)
         by_name = {r['dataset']: r for r in records}
@@ -373,6 +374,8 @@ def main(argv=None):
     parser.add_argument('--test-options', type=Path, default=REPO / 'options' / 'test',
                         help='where to find the test option file of a training run (default: options/test)')
     parser.add_argument('--self-ensemble', action='store_true', help='x8 self-ensemble (flips/rotations)')
+    parser.add_argument('--channels-last', action='store_true', help='evaluate with option channels_last (NHWC '
+                        'convolution weights: faster CPU inference on some machines, docs/benchmarks.md)')
     add_keep_denormals_argument(parser)
     parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
     argv = sys.argv[1:] if argv is None else argv

@@ -73,6 +73,16 @@ def test_tables_from_a_tiny_real_run(tiny_sr_data, tmp_path):
     assert cell('iln', 'Urban100', 'psnr')['status'] == 'not in the test options'
     ln = cell('ln', 'Set5', 'psnr')
     assert ln['status'] == 'missing checkpoint' and ln['ours'] == '' and ln['paper'] == '38.63'
+
+    # In channels_last only the convolutions' summation order changes: the same PSNR to far below the table's digits.
+    nhwc = tmp_path / 'tables_nhwc'
+    result = run_python([REPO / 'scripts' / 'evaluate_tables.py', f'HAT_dagger={exp}', '--test-options', opts,
+                         '--out', nhwc, '--channels-last'], cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(nhwc / 'tables.csv', encoding='utf-8') as f:
+        [nhwc_psnr] = [r for r in csv.DictReader(f) if (r['table'], r['norm'], r['dataset'], r['metric'], r['status'])
+                       == ('SR', 'iln', 'Set5', 'psnr', 'ok')]
+    assert float(nhwc_psnr['ours']) == pytest.approx(float(psnr['ours']), abs=1e-3)
     assert cell('iln', 'Set5', 'psnr', table='2')['ours'] == psnr['ours']
 
     text = (out / 'tables.md').read_text()
