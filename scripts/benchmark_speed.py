@@ -6,7 +6,8 @@ whether BasicSR's data loader keeps up with the training step.
         [--batch 2 --train-size 32 --infer-size 64] [--embed-dim 48 --depths 2 2 --heads 2 2 --window 8 | --released [--depths 6 --heads 6]]
         [--precision fp32] [--peak-tflops X] [--threads 1] [--profile SwinIR] [--out results.md]
         [--block-shapes 2x1024x48 1x2304x180] [--compile [--compiled-only]] [--with-data [--workers 0 2] [--data-from DIR]
-        [--sub-size 480]] [--op-counts] [--keep-denormals] [--denormal-effect] [--channels-last] [--channels-last-effect]
+        [--sub-size 480]] [--op-counts] [--keep-denormals] [--denormal-effect]
+        [--channels-last] [--channels-last-effect]
 
 Variants: every arch x norm (ln, iln) at the same small x2 classical-SR config, plus ``basicsr``:
 ``basicsr.archs.swinir_arch.SwinIR`` with the weights of our SwinIR (ln); with ``--compile`` each of
