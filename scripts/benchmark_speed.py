@@ -214,10 +214,9 @@ class Bench:
         params = list(self.net.parameters())  # the Adam IRModel trains with, for every variant alike
         self.optimizer = torch.optim.Adam(params, lr=1e-4, **adam_kwargs(params, {}))
         gen = torch.Generator().manual_seed(1)
-        layout = image_memory_format(self.channels_last)
-        self.lq = torch.rand(args.batch, 3, args.train_size, args.train_size, generator=gen).to(device,
-                                                                                                memory_format=layout)
-        self.gt = torch.rand(args.batch, 3, SCALE * args.train_size, SCALE * args.train_size, generator=gen).to(device)
+        layout, size = image_memory_format(self.channels_last), args.train_size
+        self.lq = torch.rand(args.batch, 3, size, size, generator=gen).to(device, memory_format=layout)
+        self.gt = torch.rand(args.batch, 3, SCALE * size, SCALE * size, generator=gen).to(device)
         self.image = torch.rand(1, 3, args.infer_size, args.infer_size, generator=gen).to(device, memory_format=layout)
 
     def sync(self):
