@@ -52,7 +52,7 @@ def test_channels_last_on_cuda_gives_the_default_layouts_output_and_gradients(ar
     to_memory_format(nets[1], True)
     lq = torch.rand(2, 3, 16, 16, device=CUDA)
     outputs, grads = [], []
-    for net, layout in zip(nets, (torch.preserve_format, torch.channels_last)):
+    for net, layout in zip(nets, (torch.contiguous_format, torch.channels_last)):
         out = net(lq.contiguous(memory_format=layout))
         out.square().mean().backward()
         outputs.append(out.detach())
