@@ -43,7 +43,8 @@ from basicsr_iln.utils.network_config import (  # noqa: E402
     build_network_checked, checkpoint_network_config, config_differences, describe_differences, network_config,
     network_options)
 from basicsr_iln.utils.inference import check_tiling, restore, tiling_caveats  # noqa: E402
-from basicsr_iln.utils.memory_format import image_memory_format, to_memory_format  # noqa: E402
+from basicsr_iln.utils.memory_format import (add_channels_last_argument, image_memory_format,  # noqa: E402
+                                             to_memory_format)
 from basicsr_iln.utils.options import load_yaml_file  # noqa: E402
 
 
@@ -76,8 +77,7 @@ def build_arg_parser():
                         '(bf16/fp16: weights, input and features in the half type; int8: dynamic Linear, CPU)')
     parser.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     parser.add_argument('--self-ensemble', action='store_true', help='average over the 8 flips/rotations')
-    parser.add_argument('--channels-last', action='store_true', help='convolution weights in NHWC memory format, '
-                        "as option channels_last (faster on some machines: docs/benchmarks.md)")
+    add_channels_last_argument(parser)
     add_keep_denormals_argument(parser)
     parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
     return parser

@@ -106,7 +106,8 @@ from basicsr_iln.models.ir_model import adam_kwargs  # noqa: E402
 from basicsr_iln.presets import backbone_kwargs  # noqa: E402
 from basicsr_iln.utils.denormals import add_keep_denormals_argument, set_denormal_flushing  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
-from basicsr_iln.utils.memory_format import image_memory_format, to_memory_format  # noqa: E402
+from basicsr_iln.utils.memory_format import (add_channels_last_argument, image_memory_format,  # noqa: E402
+                                             to_memory_format)
 from make_quickstart_dataset import TRAIN_PHOTOS, load_photo  # noqa: E402
 from prepare_sr import bicubic_downsample, crop_starts, list_images, make_lmdb, read_image, write_png  # noqa: E402
 
@@ -848,8 +849,7 @@ def main(argv=None):
                         'token shapes, on CPU, with 10x --repeats rounds')
     parser.add_argument('--denormal-effect', action='store_true', help='also time every variant (and its compiled '
                         'form with --compile) with denormals kept and flushed, on CPU, needs --threads 1')
-    parser.add_argument('--channels-last', action='store_true', help='every network and its LR inputs in '
-                        'channels_last memory format, as option channels_last lays them out')
+    add_channels_last_argument(parser)
     parser.add_argument('--channels-last-effect', action='store_true', help='also time every variant (and its '
                         'compiled form with --compile) in channels_last and in the default memory format, on '
                         'each device')

@@ -43,6 +43,7 @@ from basicsr_iln.utils.checks import check_datasets  # noqa: E402
 from basicsr_iln.utils.checkpoint import SAFETENSORS_SUFFIX  # noqa: E402
 from basicsr_iln.utils.denormals import add_keep_denormals_argument, flush_unless_kept  # noqa: E402
 from basicsr_iln.utils.errors import ConfigError, run_cli  # noqa: E402
+from basicsr_iln.utils.memory_format import add_channels_last_argument  # noqa: E402
 from basicsr_iln.utils.network_config import arch_class, constructor_defaults  # noqa: E402
 from basicsr_iln.utils.options import load_yaml_file, parse_options  # noqa: E402
 
@@ -374,8 +375,7 @@ def main(argv=None):
     parser.add_argument('--test-options', type=Path, default=REPO / 'options' / 'test',
                         help='where to find the test option file of a training run (default: options/test)')
     parser.add_argument('--self-ensemble', action='store_true', help='x8 self-ensemble (flips/rotations)')
-    parser.add_argument('--channels-last', action='store_true', help='evaluate with option channels_last (NHWC '
-                        'convolution weights: faster CPU inference on some machines, docs/benchmarks.md)')
+    add_channels_last_argument(parser)
     add_keep_denormals_argument(parser)
     parser.add_argument('--traceback', action='store_true', help='show the Python traceback of user errors')
     argv = sys.argv[1:] if argv is None else argv

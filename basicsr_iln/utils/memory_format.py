@@ -17,6 +17,13 @@ def to_memory_format(net, channels_last):
     return net.to(memory_format=torch.channels_last) if channels_last else net
 
 
+def add_channels_last_argument(parser):
+    """``--channels-last`` of the CLIs without an option file (infer, tables, benchmarks)."""
+    parser.add_argument('--channels-last', action='store_true', help='convolution weights and input images in NHWC '
+                        'memory format, as option channels_last does (faster or slower by machine: '
+                        'docs/benchmarks.md)')
+
+
 def image_memory_format(channels_last):
     """The ``memory_format`` argument of ``Tensor.to`` for the network's input images: in channels_last as well
     (torch's advice: its first convolution then reorders neither), else as they come."""
