@@ -5,22 +5,18 @@ from pathlib import Path
 import basicsr_iln  # noqa: F401  (before basicsr)
 import pytest
 import torch
-from basicsr.models import build_model
 
 from basicsr_iln.utils.errors import ConfigError
 from basicsr_iln.utils.memory_format import match_state_layouts
-from basicsr_iln.utils.options import parse_options
 from helpers import start_ranks, tiny_train_options, write_yaml
 from test_distributed import BATCH, NPROC, first_step, free_port, load_ranks, spawned_rank
-from test_training_steps import assert_relatively_close, batches, grads, model_options, step, weights
+from test_training_steps import assert_relatively_close, batches, grads, step, weights
+from test_training_steps import build as build_training_model
 
 
 def build(tmp_path, data, name, channels_last):
-    opt = model_options(data, name)
-    opt['channels_last'] = channels_last
-    yml = write_yaml(tmp_path / f'{name}.yml', opt)
-    parsed, _ = parse_options(str(tmp_path), is_train=True, argv=['-opt', str(yml)])
-    return build_model(parsed)
+    """test_training_steps' model, with top-level option ``channels_last`` (a YAML value) set through --force_yml."""
+    return build_training_model(tmp_path, data, name, '--force_yml', f'channels_last={channels_last}')
 
 
 def conv_weights(net):
@@ -120,4 +116,4 @@ def test_match_state_layouts_relays_only_the_moments_in_another_layout():
 
 def test_channels_last_must_be_a_boolean(tiny_sr_data, tmp_path):
     with pytest.raises(ConfigError, match="option 'channels_last' must be true or false, got 'yes'"):
-        build(tmp_path, tiny_sr_data, 'bad', channels_last='yes')
+        build(tmp_path, tiny_sr_data, 'bad', channels_last="'yes'")
