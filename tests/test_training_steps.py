@@ -267,6 +267,7 @@ def test_fp16_training_leaves_an_overflow_to_the_scaler(tiny_sr_data, tmp_path, 
     assert same(weights(model), before) and model.grad_scaler.get_scale() == scale / 2
     assert model.log_dict['grad_norm'] != model.log_dict['grad_norm'] or math.isinf(model.log_dict['grad_norm'])
     assert 'non-finite' not in warnings.text and model.nonfinite_streak == 0
+    assert 'train.precision is fp16 on the CPU: oneDNN computes fp16 convolution weight gradients' in warnings.text
 
 
 def test_fp16_training_skips_a_non_finite_loss_and_trains_on(tiny_sr_data, tmp_path, warnings):

@@ -203,6 +203,11 @@ class IRModel(SRModel):
         train_opt = self.opt['train']
         self.train_dtype = precision_dtype(train_opt.get('precision', 'fp32'), 'train.precision')
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.train_dtype == torch.float16)
+        if self.train_dtype == torch.float16 and self.device.type == 'cpu':
+            get_root_logger().warning(
+                'train.precision is fp16 on the CPU: oneDNN computes fp16 convolution weight gradients with its '
+                'reference kernel (ref:any), hundreds of times slower than fp32 or bf16 (docs/benchmarks.md, '
+                '"fp16 training on CPU"). bf16 is the CPU\'s half precision; fp16 training is for GPUs.')
         self.nonfinite_patience = read_option(train_opt, 'train.nonfinite_patience')
         self.nonfinite_streak = 0
         self.grad_clip_norm = grad_clip_option(train_opt)
