@@ -42,6 +42,12 @@
 # logs of the steps it finished. At most 6 files, one folder level. The reply's output_tail holds the summary.
 # A failing step is recorded and the next one still runs (all are skipped if the preflight import fails); the
 # exit code is the number of failed steps.
+#
+# Rehearsal, on any machine: REHEARSAL=1 bash scripts/device_check.sh core|extra runs the same steps on the CPU,
+# at toy sizes and iteration counts (HAT-mini cut to one block, batches of 2), with gloo for nccl and without the
+# CUDA prefetch, and with every step limit and the budget times LIMIT_FACTOR (default 3). It measures nothing; it
+# checks the script itself (steps, option keys, flags, the resume copy and comparison, the archive) before a GPU's
+# minutes are spent on it: tests/test_device_check.py runs both parts (about 5 minutes each on 2 cores).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 PART=${1:-}
@@ -50,7 +56,22 @@ case $PART in
     extra) DEFAULT_BUDGET=320 ;;
     *) echo "usage: bash scripts/device_check.sh core|extra  (see the comment at the top)" >&2; exit 2 ;;
 esac
-DEADLINE=$((SECONDS + ${BUDGET_S:-$DEFAULT_BUDGET}))
+if [ -n "${REHEARSAL:-}" ]; then  # see the header: the same steps on the CPU, at toy sizes
+    FACTOR=${LIMIT_FACTOR:-3} DEVICE=cpu BACKEND=gloo PREFETCH='~' HALF=2 QUICK_ITERS=4 EAGER_DEPTH=1 COMPILED_DEPTH=1
+    SIZES=(--embed-dim 12 --heads 2 --window 8 --batch 1 --train-size 16 --infer-size 16)
+    WORKERS=(0 2)
+    LARGE=(--lr-size 48 64 --embed-dim 24 --depths 1 --heads 2 --window 8 --tile 32 --tile-overlap 8)
+    # Batches of 2 (HAT-mini's of 16 x 32^2 LR patches cut to 2 x 16^2): CPU fp16 training is slow (IRModel warns).
+    TRAIN_ON=(num_gpu=0 datasets:train:batch_size_per_gpu=2)
+    HAT_TOY=('network_g:depths=[1]' 'network_g:num_heads=[6]' datasets:train:gt_size=32)
+else
+    FACTOR=1 DEVICE=cuda BACKEND=nccl PREFETCH=cuda HALF=50 QUICK_ITERS=200 EAGER_DEPTH=6 COMPILED_DEPTH=2
+    SIZES=(--embed-dim 180 --heads 6 --window 16 --batch 8 --train-size 64 --infer-size 256)
+    WORKERS=(0 4 8)
+    LARGE=(--lr-size 1080 1920 --embed-dim 180 --depths 6 --heads 6 --window 16)
+    TRAIN_ON=() HAT_TOY=()
+fi
+DEADLINE=$((SECONDS + FACTOR * ${BUDGET_S:-$DEFAULT_BUDGET}))
 OUT=${OUT:-device_check/$(date -u +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT" || exit 1
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/device_check_$PART.XXXXXX") || exit 1
@@ -65,6 +86,7 @@ SUMMARY=$OUT/summary.md
 FAILED=0 LAST_RC=0
 SKIP_ALL=
 echo "# Device check, $PART: $(date -u)" > "$SUMMARY"
+[ -z "${REHEARSAL:-}" ] || echo "- REHEARSAL on the CPU at toy sizes: nothing here is a CUDA measurement" >> "$SUMMARY"
 echo "- work folder (logs, runs, checkpoints): $WORK" >> "$SUMMARY"
 
 pack() {  # every log and run folder, without checkpoints, into one archive (written aside, then renamed)
@@ -81,6 +103,7 @@ step() {  # step NAME LIMIT_S COMMAND...: run under a time limit, log to $LOGS/N
         echo "- $name: skipped (${SKIP_ALL:-${left} s of the budget left})" | tee -a "$SUMMARY"
         return
     fi
+    limit=$((limit * FACTOR))
     [ "$limit" -le "$left" ] || limit=$left
     local start=$SECONDS
     timeout -k 10 "$limit" "$@" > "$LOGS/$name.log" 2>&1
@@ -124,7 +147,7 @@ shutil.copy(importlib.util.find_spec('setuptools').submodule_search_locations[0]
     echo "- distutils.version not importable: stand-in copied from setuptools (rc $?)" | tee -a "$SUMMARY"
 fi
 step preflight 15 "$PY" -c "import basicsr_iln, basicsr, torch
-assert torch.cuda.is_available(), 'no CUDA device'
+assert '$DEVICE' == 'cpu' or torch.cuda.is_available(), 'no CUDA device'
 print('basicsr', basicsr.__version__, basicsr.__file__)"
 [ "$LAST_RC" -eq 0 ] || SKIP_ALL="the preflight failed"
 
@@ -135,53 +158,58 @@ train() {  # train NAME LIMIT_S OPTION_FILE FORCE_YML...: a torchrun + nccl run 
     PORT=$((PORT + 1))
     step "$name" "$limit" "$PY" -m torch.distributed.run --nproc_per_node=1 --rdzv_endpoint=127.0.0.1:$PORT \
         basicsr_iln/train.py --launcher pytorch -opt "$options" --force_yml name="device_$name" \
-        dist_params:backend=nccl "$@"
+        dist_params:backend=$BACKEND "${TRAIN_ON[@]}" "$@"
 }
 HAT_MINI=options/train/HAT/train_HAT-mini_SRx2_iln.yml
 # The quickstart data for HAT-mini (it validates on three sets: the quickstart's stands in for each), loaded in
 # the main process: with loader workers a resumed run would draw other augmentations than the uninterrupted one.
 HAT_DATA=(datasets:train:dataroot_gt=datasets/quickstart/train/HR datasets:train:dataroot_lq=datasets/quickstart/train/LR_x2
-          datasets:train:dataset_enlarge_ratio=10 datasets:train:num_worker_per_gpu=0)
+          datasets:train:dataset_enlarge_ratio=10 datasets:train:num_worker_per_gpu=0 "${HAT_TOY[@]}")
 for val in val val_2 val_3; do
     HAT_DATA+=(datasets:$val:dataroot_gt=datasets/quickstart/val/HR datasets:$val:dataroot_lq=datasets/quickstart/val/LR_x2)
 done
-HAT_100=(train:total_iter=100 logger:save_checkpoint_freq=50 logger:print_freq=10 val:val_freq=100)
-SPEED=(scripts/benchmark_speed.py --devices cuda --archs SwinIR --embed-dim 180 --heads 6 --window 16 --batch 8
-       --train-size 64 --infer-size 256)
+HAT_ITERS=(train:total_iter=$((2 * HALF)) logger:save_checkpoint_freq=$HALF logger:print_freq=$(((HALF + 4) / 5))
+           val:val_freq=$((2 * HALF)))
+SPEED=(scripts/benchmark_speed.py --devices $DEVICE --archs SwinIR "${SIZES[@]}")
 
 step quickstart_data 20 "$PY" scripts/make_quickstart_dataset.py
 
 if [ "$PART" = core ]; then
     step cuda_tests 70 "$PY" -m pytest -q -ra -o addopts= -p no:cacheprovider tests/test_cuda.py
     # The bf16 pair copies its (page-locked) batches on a side stream: prefetch_mode: cuda, with its resume.
-    train hat_mini_iln_bf16 60 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_100[@]}" train:precision=bf16 \
-        datasets:train:prefetch_mode=cuda
-    train hat_mini_iln_fp16 50 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_100[@]}" train:precision=fp16
-    # Resume: the bf16 run's 50-iteration checkpoint, copied into a run of its own (as a run cut at 50 would have
-    # left it), trained on to 100 there; the uninterrupted run's files stay as they are, for the comparison.
+    train hat_mini_iln_bf16 60 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_ITERS[@]}" train:precision=bf16 \
+        datasets:train:prefetch_mode=$PREFETCH
+    train hat_mini_iln_fp16 50 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_ITERS[@]}" train:precision=fp16
+    # Resume: the bf16 run's checkpoint of half way (iteration 50), copied into a run of its own (as a run cut there
+    # would have left it), trained on to the end there; the uninterrupted run's files stay as they are, for the
+    # comparison.
     FULL=$EXPERIMENTS/device_hat_mini_iln_bf16 RESUMED=$EXPERIMENTS/device_hat_mini_iln_bf16_resumed
-    step resume_copy 5 bash -c 'mkdir -p "$2/models" "$2/training_states" && cp "$1/models/net_g_50.pth" "$2/models/" &&
-        cp "$1/training_states/50.state" "$2/training_states/"' _ "$FULL" "$RESUMED"
-    train hat_mini_iln_bf16_resumed 45 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_100[@]}" train:precision=bf16 \
-        datasets:train:prefetch_mode=cuda path:resume_state="$RESUMED/training_states/50.state"
-    step compare_resume 15 "$PY" scripts/compare_resume.py "$FULL" "$RESUMED" --from-iter 50
+    step resume_copy 5 bash -c 'mkdir -p "$2/models" "$2/training_states" && cp "$1/models/net_g_$3.pth" "$2/models/" &&
+        cp "$1/training_states/$3.state" "$2/training_states/"' _ "$FULL" "$RESUMED" "$HALF"
+    train hat_mini_iln_bf16_resumed 45 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_ITERS[@]}" train:precision=bf16 \
+        datasets:train:prefetch_mode=$PREFETCH path:resume_state="$RESUMED/training_states/$HALF.state"
+    step compare_resume 15 "$PY" scripts/compare_resume.py "$FULL" "$RESUMED" --from-iter "$HALF"
     [ "$LAST_RC" -ne 0 ] || sed 's/^/      /' "$LOGS/compare_resume.log" | tee -a "$SUMMARY"  # (failed: shown above)
-    step benchmark_speed 25 "$PY" "${SPEED[@]}" --depths 6 --repeats 15 --out "$OUT/benchmark_speed.md"
-    step benchmark_speed_compiled 90 "$PY" "${SPEED[@]}" --depths 2 --compile --no-memory --repeats 10 --warmup 2 \
+    step benchmark_speed 25 "$PY" "${SPEED[@]}" --depths $EAGER_DEPTH --repeats 15 --out "$OUT/benchmark_speed.md"
+    step benchmark_speed_compiled 90 "$PY" "${SPEED[@]}" --depths $COMPILED_DEPTH --compile --no-memory --repeats 10 \
+        --warmup 2 \
         --out "$OUT/benchmark_speed_compiled.md"
 else
-    QUICK=(train:total_iter=200 logger:save_checkpoint_freq=100 logger:print_freq=50 val:val_freq=200)
+    QUICK=(train:total_iter=$QUICK_ITERS logger:save_checkpoint_freq=$((QUICK_ITERS / 2))
+           logger:print_freq=$((QUICK_ITERS / 4)) val:val_freq=$QUICK_ITERS)
     for precision in fp32 bf16 fp16; do
         train "quickstart_$precision" 30 options/quickstart/train_SwinIR_quickstart_x2_iln.yml "${QUICK[@]}" \
             train:precision=$precision
     done
-    train hat_mini_iln_fp32 45 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_100[@]}" train:precision=fp32
-    step benchmark_speed_data 60 "$PY" "${SPEED[@]}" --depths 6 --precision bf16 --with-data --workers 0 4 8 \
+    train hat_mini_iln_fp32 45 "$HAT_MINI" "${HAT_DATA[@]}" "${HAT_ITERS[@]}" train:precision=fp32
+    step benchmark_speed_data 60 "$PY" "${SPEED[@]}" --depths $EAGER_DEPTH --precision bf16 --with-data \
+        --workers "${WORKERS[@]}" \
         --repeats 5 --warmup 1 --no-memory --out "$OUT/benchmark_speed_data.md"
-    step benchmark_speed_channels_last 25 "$PY" "${SPEED[@]}" --depths 6 --precision bf16 --channels-last-effect \
+    step benchmark_speed_channels_last 25 "$PY" "${SPEED[@]}" --depths $EAGER_DEPTH --precision bf16 \
+        --channels-last-effect \
         --repeats 10 --warmup 2 --no-memory --out "$OUT/benchmark_speed_channels_last.md"
-    step benchmark_large_image 50 "$PY" scripts/benchmark_large_image.py --device cuda --lr-size 1080 1920 \
-        --embed-dim 180 --depths 6 --heads 6 --window 16 --out "$OUT/benchmark_large_image.md"
+    step benchmark_large_image 50 "$PY" scripts/benchmark_large_image.py --device $DEVICE "${LARGE[@]}" \
+        --out "$OUT/benchmark_large_image.md"
 fi
 
 pack
