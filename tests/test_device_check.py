@@ -26,7 +26,6 @@ TABLES = {'core': ['benchmark_speed.md', 'benchmark_speed_compiled.md'],
 def device_check(part, tmp_path, timeout, **env):
     out = tmp_path / f'out_{part}'
     env = {**os.environ, 'OUT': str(out), 'TMPDIR': str(tmp_path), 'PYTHON': sys.executable, **env}
-    env.pop('CUDA_VISIBLE_DEVICES', None)
     done = subprocess.run(['bash', str(SCRIPT), *([part] if part else [])], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
     return done, out
