@@ -1,5 +1,6 @@
 """HAT / HAT_iLN / DRCT / DRCT_iLN: released state-dict layouts, forward shapes for every task and
-norm, LN vs i-LN layouts, i-LN homogeneity, HAT's relative-position indices and OCAB semantics."""
+norm, the residual stream's dtype under autocast (with SwinIR), LN vs i-LN layouts, i-LN homogeneity, HAT's
+relative-position indices and OCAB semantics."""
 
 import basicsr_iln  # noqa: F401  (before basicsr)
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 from basicsr_iln.archs.drct_arch import DRCT, DRCT_iLN
 from basicsr_iln.archs.hat_arch import HAT, HAT_iLN, OCAB, overlapping_relative_position_index
 from basicsr_iln.archs.norms import NORM_TYPES, Affine, HolisticLayerNorm
+from basicsr_iln.archs.swinir_arch import SwinIR_iLN
 from basicsr_iln.archs.transformer_core import StageInputs, relative_position_index
 from helpers import reference_layouts
 
@@ -109,6 +111,33 @@ def test_every_norm_type(norm_type):
         model = _build(cls, **cfg, upscale=2, upsampler='pixelshuffle', norm_type=norm_type)
         y = _run(model, 9, 6)
         assert y.shape == (1, 3, 18, 12) and torch.isfinite(y).all()
+
+
+def _block_dtypes(model, x):
+    """(input, output) dtypes of every block with a branch norm (Transformer blocks, HAT's OCAB) on ``x``."""
+    seen = []
+    for block in (m for m in model.modules() if hasattr(m, 'norm1')):
+        block.register_forward_hook(lambda _, args, out: seen.append((args[0].dtype, out.dtype)))
+    with torch.no_grad():
+        model(x)
+    return seen
+
+
+@pytest.mark.parametrize('norm_type', NORM_TYPES)
+def test_residual_stream_is_float32_under_autocast_for_every_norm(norm_type):
+    """CPU autocast runs LayerNorm in bfloat16, CUDA's in float32; the residual stream is float32 under autocast
+    for every scheme on every device (``residual_stream``), so that schemes and devices compare at one precision.
+    Without autocast a bfloat16 network stays bfloat16 (the precision study's cast copies)."""
+    swinir = dict(img_size=16, window_size=4, depths=[1], num_heads=[2], embed_dim=16, mlp_ratio=2)
+    for cls, cfg in ((SwinIR_iLN, swinir), (HAT, TINY_HAT), (DRCT, TINY_DRCT)):
+        model = _build(cls, **cfg, upscale=2, upsampler='pixelshuffle', norm_type=norm_type)
+        x = torch.rand(1, 3, 16, 16)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            autocast = _block_dtypes(model, x)
+        assert autocast and set(autocast) == {(torch.float32, torch.float32)}, (cls.__name__, set(autocast))
+        cast = _block_dtypes(_build(cls, **cfg, upscale=2, upsampler='pixelshuffle', norm_type=norm_type).bfloat16(),
+                             x.bfloat16())
+        assert set(cast) == {(torch.bfloat16, torch.bfloat16)}, (cls.__name__, set(cast))
 
 
 @pytest.mark.parametrize('cls,cfg', [(HAT_iLN, TINY_HAT), (DRCT_iLN, TINY_DRCT)], ids=['HAT', 'DRCT'])

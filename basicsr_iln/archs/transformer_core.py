@@ -332,6 +332,19 @@ class TransformerBlock(nn.Module):
                 f'window_size={self.window_size}, shift_size={self.shift_size}')
 
 
+def residual_stream(x):
+    """``x`` in the dtype of the residual stream (the tokens from the stem norm to the final norm): float32
+    under autocast on every device, whatever the norm.
+
+    Why: CUDA's autocast runs layer_norm in float32, CPU's in its input's dtype, so the conv_first output
+    (bfloat16) would make a LayerNorm network's stream float32 on a GPU and bfloat16 on a CPU, while i-LN's
+    affine stem (float32 parameters) keeps it float32 on both and the norm-free schemes keep it bfloat16 on
+    both. Then neither the schemes nor the devices would be compared at one precision. The residual adds and
+    DRCT's concatenations keep the stream float32 from here on."""
+    device = x.device.type  # is_autocast_enabled raises for devices without autocast (meta)
+    return x.float() if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device) else x
+
+
 def tokens_to_image(x, x_size):
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], x_size[0], x_size[1])
 
@@ -505,7 +518,7 @@ class RestorationTransformer(nn.Module):
         x_size = (x.shape[2], x.shape[3])
         # Row-major tokens: PatchEmbed returns a transposed view, which LayerNorm happens to copy but
         # affine-only (i-LN) or absent stem norms pass on to every later op.
-        x = self.patch_embed(x).contiguous()
+        x = self.patch_embed(residual_stream(x)).contiguous()
         if self.ape:
             x = x + self.absolute_pos_embed
         x = self.pos_drop(x)
