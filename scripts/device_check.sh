@@ -11,8 +11,9 @@
 #   torchrun + nccl (world size 1) in bf16 (with prefetch_mode: cuda) and in fp16; the bf16 run's 50-iteration
 #   checkpoint copied into a run of its own and resumed to 100, then scripts/compare_resume.py: how far its final
 #   weights and logged losses are from the uninterrupted run's; benchmark_speed.py on CUDA for SwinIR (ours LN /
-#   i-LN and BasicSR's) at the released width (embed 180, window 16, one residual group of 6 blocks) eager, then
-#   eager + compiled at 2 blocks (compiling 3 variants of 6 blocks would not fit).
+#   i-LN and BasicSR's) at the released width (embed 180, window 16, one residual group of 6 blocks) eager in fp32,
+#   then eager + compiled at 2 blocks in bf16 (issue 17's GPU target: ours / BasicSR training throughput in bf16;
+#   compiling 3 variants of 6 blocks would not fit).
 # extra: the quickstart SwinIR trained 200 iterations in fp32, bf16 and fp16 and HAT-mini i-LN 100 in fp32
 #   (torchrun + nccl); benchmark_speed.py --with-data in bf16 (BasicSR's loader from PNG and LMDB sub-images,
 #   0, 4 and 8 workers: can it keep the GPU busy?); benchmark_speed.py --channels-last-effect in bf16 (option
@@ -192,8 +193,7 @@ if [ "$PART" = core ]; then
     [ "$LAST_RC" -ne 0 ] || sed 's/^/      /' "$LOGS/compare_resume.log" | tee -a "$SUMMARY"  # (failed: shown above)
     step benchmark_speed 25 "$PY" "${SPEED[@]}" --depths $EAGER_DEPTH --repeats 15 --out "$OUT/benchmark_speed.md"
     step benchmark_speed_compiled 90 "$PY" "${SPEED[@]}" --depths $COMPILED_DEPTH --compile --no-memory --repeats 10 \
-        --warmup 2 \
-        --out "$OUT/benchmark_speed_compiled.md"
+        --warmup 2 --precision bf16 --out "$OUT/benchmark_speed_compiled.md"
 else
     QUICK=(train:total_iter=$QUICK_ITERS logger:save_checkpoint_freq=$((QUICK_ITERS / 2))
            logger:print_freq=$((QUICK_ITERS / 4)) val:val_freq=$QUICK_ITERS)
