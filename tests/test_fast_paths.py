@@ -150,12 +150,24 @@ def test_compiled_iln_network_gives_the_eager_values_and_gradients(arch):
     autograd functions, and the bias gathers are the stored-bias op (HAT's OCAB index has negative entries);
     ``aot_eager`` traces forward and backward as inductor would, without code generation.
     In a fork (helpers.in_fork): compiled autograd would leave this test process unable to fork autograd."""
-    in_fork(lambda: _compiled_equals_eager(arch))
+    in_fork(lambda: _compiled_equals_eager(arch, 'iln'))
 
 
-def _compiled_equals_eager(arch):
+@pytest.mark.slow
+@pytest.mark.parametrize('norm_type', ['ln', 'iln'])
+@pytest.mark.parametrize('arch', ['SwinIR', 'HAT', 'DRCT'])
+def test_compiled_network_under_bf16_autocast_gives_the_eager_values(arch, norm_type):
+    """Under CPU bf16 autocast the compiled graph keeps the float32 residual stream too (``residual_stream``, which
+    dynamo must trace, not fold away). LN: the same outputs as eager; i-LN: as close as its plain ops and its
+    functions allow, which round differently in float32 before the next bf16 product (outputs up to 7e-5 relative
+    here; a stream left in bf16 by either side moves LN's outputs by 9e-4). Gradients: within bf16's reach (with
+    the perturbed affine parameters DRCT i-LN's differ by up to 8e-3 relative); float32: the test above."""
+    in_fork(lambda: _compiled_equals_eager(arch, norm_type, torch.bfloat16))
+
+
+def _compiled_equals_eager(arch, norm_type, autocast_dtype=None):
     kwargs = dict(img_size=16, window_size=4, embed_dim=12, depths=[2], num_heads=[2], mlp_ratio=2, upscale=2,
-                  upsampler='pixelshuffle', norm_type='iln', drop_path_rate=0.0)
+                  upsampler='pixelshuffle', norm_type=norm_type, drop_path_rate=0.0)
     torch.manual_seed(0)
     net = {'SwinIR': SwinIR_iLN, 'HAT': lambda **kw: HAT(squeeze_factor=4, **kw), 'DRCT': DRCT}[arch](**kwargs)
     with torch.no_grad():  # affine parameters away from their initial 1 and 0, so that each one matters
@@ -166,13 +178,19 @@ def _compiled_equals_eager(arch):
     results = []
     for run in (net, torch.compile(net, backend='aot_eager', dynamic=False)):
         net.zero_grad()
-        out = run(x)
-        F.l1_loss(out, target).backward()
+        with torch.autocast('cpu', dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            out = run(x)
+        F.l1_loss(out.float(), target).backward()
         results.append((out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}))
     (eager, eager_grads), (compiled, compiled_grads) = results
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    if autocast_dtype is None:
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+        for name, grad in eager_grads.items():
+            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        return
+    assert (compiled - eager).norm() <= 2e-4 * eager.norm()
     for name, grad in eager_grads.items():
-        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        assert (compiled_grads[name] - grad).norm() <= 2e-2 * grad.norm() + 1e-9, name
 
 
 @pytest.mark.slow
