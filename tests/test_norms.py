@@ -104,6 +104,22 @@ def test_iln_statistics_are_float32_under_half_precision():
     assert sigma.dtype == torch.float32 and torch.isfinite(y).all()
 
 
+@pytest.mark.parametrize('grad', [False, True], ids=['inference', 'training'])
+def test_iln_rescaling_under_fp16_autocast_keeps_a_std_above_the_fp16_range(grad):
+    """Under autocast the std multiplies the branch in the stream's float32: a stream of std 1e5 (beyond float16's
+    65504) gave NaN when the std was cast to the branch's float16. In backward the branch's float16 gradient is
+    the std times the incoming one, which is the gradient scaler's to keep in range (here a loss scale of 1e-4,
+    where the scaler would have backed off to)."""
+    blk = block('iln')
+    x = tokens(1, 64, 16, scale=1e5).requires_grad_(grad)
+    with torch.set_grad_enabled(grad), torch.autocast('cpu', dtype=torch.float16):
+        y = blk(x, (8, 8))
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    if grad:
+        (y.sum() * 1e-4).backward()
+        assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in blk.parameters())
+
+
 class FeatureMapPasses(TorchDispatchMode):
     """Names of the ops that read or write a tensor of ``numel`` elements (views excluded)."""
 

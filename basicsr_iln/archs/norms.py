@@ -492,10 +492,12 @@ class _ScaledResidualFunction(torch.autograd.Function):
 
 
 def residual_add(shortcut, branch_out, scale):
-    """``shortcut + scale * branch_out``; ``scale`` from the branch norm (None means 1)."""
+    """``shortcut + scale * branch_out``; ``scale`` from the branch norm (None means 1), in the sum's dtype: under
+    autocast the float32 stream's, so that a std is neither rounded to half precision nor, above 65504, overflows
+    float16 (a half-precision network keeps its own dtype)."""
     if scale is None:
         return shortcut + branch_out
-    scale = scale.to(branch_out.dtype)
+    scale = scale.to(torch.promote_types(shortcut.dtype, branch_out.dtype))
     # Without autograd the function's machinery would be pure overhead; a graph recorder cannot hold it.
     if torch.is_grad_enabled() and not plain_ops():
         return _ScaledResidualFunction.apply(shortcut, branch_out, scale)
