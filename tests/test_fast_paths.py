@@ -10,9 +10,10 @@ from basicsr_iln.archs.drct_arch import DRCT
 from basicsr_iln.archs.hat_arch import HAT, overlapping_relative_position_index
 from basicsr_iln.archs.norms import HolisticLayerNorm, _HolisticLayerNormFunction
 from basicsr_iln.archs.swinir_arch import SwinIR_iLN
-from basicsr_iln.archs.transformer_core import (FUSED_HEAD_DIM_MULTIPLE, _explicit_biased_attention,
-                                                _folded_attention, biased_attention, relative_position_index,
-                                                shifted_window_mask, stored_relative_position_bias)
+from basicsr_iln.archs.transformer_core import (FUSED_HEAD_DIM_MULTIPLE, ChannelsLastPixelShuffle,
+                                                _explicit_biased_attention, _folded_attention, biased_attention,
+                                                relative_position_index, shifted_window_mask,
+                                                stored_relative_position_bias)
 from helpers import in_fork
 from test_chunked_inference import ARCHS
 
@@ -223,6 +224,43 @@ def _stored_bias_op_checks():
                      upsampler='pixelshuffle')
     torch.compile(net, backend=recording_backend, dynamic=False)(torch.rand(1, 3, 8, 8))
     assert graph_ops.count(torch.ops.basicsr_iln.relative_position_bias.default) == 2  # one per block
+
+
+@pytest.mark.parametrize('factor', [2, 3])
+def test_pixel_shuffle_is_laid_out_channels_last_under_compile_with_the_same_values_and_gradient(factor):
+    """Compiled on CPU, the shuffle's output is channels_last (what lets inductor gather it in runs and hand it
+    to the next convolution as it is), with F.pixel_shuffle's values and input gradient; eagerly it is
+    F.pixel_shuffle, NCHW. In a fork (helpers.in_fork): a compiled forward in grad mode."""
+    in_fork(lambda: _pixel_shuffle_checks(factor))
+
+
+def _pixel_shuffle_checks(factor):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3 * factor**2, 5, 4, requires_grad=True)
+    grad = torch.randn(2, 3, 5 * factor, 4 * factor)
+    expected = F.pixel_shuffle(x, factor)
+    expected_grad, = torch.autograd.grad(expected, x, grad)
+    shuffle = ChannelsLastPixelShuffle(factor)
+    eager = shuffle(x)
+    assert eager.is_contiguous() and torch.equal(eager, expected)
+    compiled = torch.compile(shuffle, backend='aot_eager', dynamic=False)(x)
+    assert compiled.is_contiguous(memory_format=torch.channels_last) and not compiled.is_contiguous()
+    assert torch.equal(compiled, expected)
+    assert torch.equal(torch.autograd.grad(compiled, x, grad)[0], expected_grad)
+
+
+def test_every_pixel_shuffle_upsampler_shuffles_channels_last_and_keeps_the_released_keys():
+    """x2, x3, x4 (two shuffles) and the one-step upsampler: each shuffle is ChannelsLastPixelShuffle, which has
+    no parameters, so the upsampler's state-dict keys are BasicSR's (the released checkpoints' keys)."""
+    for upscale, upsampler, keys in ((2, 'pixelshuffle', ['0.bias', '0.weight']),
+                                     (3, 'pixelshuffle', ['0.bias', '0.weight']),
+                                     (4, 'pixelshuffle', ['0.bias', '0.weight', '2.bias', '2.weight']),
+                                     (3, 'pixelshuffledirect', ['0.bias', '0.weight'])):
+        net = SwinIR_iLN(img_size=8, window_size=4, embed_dim=12, depths=[1], num_heads=[2], mlp_ratio=2,
+                         upscale=upscale, upsampler=upsampler)
+        shuffles = [m for m in net.upsample.modules() if isinstance(m, torch.nn.PixelShuffle)]
+        assert shuffles and all(type(m) is ChannelsLastPixelShuffle for m in shuffles), (upscale, upsampler)
+        assert sorted(net.upsample.state_dict()) == keys
 
 
 @pytest.mark.parametrize('windows', [1, 3])

@@ -458,10 +458,11 @@ class RestorationTransformer(nn.Module):
         if upsampler in ('pixelshuffle', 'nearest+conv'):
             self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
         if upsampler == 'pixelshuffle':  # classical SR
-            self.upsample = Upsample(upscale, num_feat)
+            self.upsample = with_channels_last_pixel_shuffles(Upsample(upscale, num_feat))
             self.conv_last = nn.Conv2d(num_feat, out_chans, 3, 1, 1)
         elif upsampler == 'pixelshuffledirect':  # lightweight SR
-            self.upsample = UpsampleOneStep(upscale, embed_dim, out_chans, self.patches_resolution)
+            self.upsample = with_channels_last_pixel_shuffles(
+                UpsampleOneStep(upscale, embed_dim, out_chans, self.patches_resolution))
         elif upsampler == 'nearest+conv':  # real-world SR, fewer checkerboard artefacts
             if upscale != 4:
                 raise ValueError(f"upsampler 'nearest+conv' supports upscale 4 only, got {upscale}.")
@@ -569,6 +570,35 @@ def _padded_index(size, pad, reflect, device):
     index = torch.arange(size + pad, device=device)
     last = size - 1
     return torch.where(reflect, last - (index - last).abs(), index.clamp(max=last))
+
+
+class ChannelsLastPixelShuffle(nn.PixelShuffle):
+    """``nn.PixelShuffle`` that, under torch.compile on CPU, gathers its output in channels_last order.
+
+    Why: inductor lays convolution outputs out in channels_last; from such an input it writes the plain
+    pixel shuffle as a scalar gather into a contiguous NCHW tensor, then transposes that back to channels_last
+    for the next convolution. Gathered in NHWC order instead, each output pixel's channels are one run, and
+    the next convolution reads it as it is (docs/benchmarks.md, "The pixel shuffle under torch.compile").
+    Eager code, other devices and recorded graphs (ONNX's DepthToSpace) keep ``F.pixel_shuffle``. A compiled
+    network's output is then channels_last, as with option ``channels_last``; its values are the same.
+    """
+
+    def forward(self, x):
+        if x.device.type != 'cpu' or not torch.compiler.is_compiling() or recording_graph():
+            return F.pixel_shuffle(x, self.upscale_factor)
+        b, c, h, w = x.shape
+        r = self.upscale_factor
+        shuffled = x.permute(0, 2, 3, 1).reshape(b, h, w, c // (r * r), r, r).permute(0, 1, 4, 2, 5, 3)
+        return shuffled.reshape(b, h * r, w * r, c // (r * r)).permute(0, 3, 1, 2)
+
+
+def with_channels_last_pixel_shuffles(upsample):
+    """``upsample`` (BasicSR's Upsample / UpsampleOneStep) with each PixelShuffle a ChannelsLastPixelShuffle;
+    neither has parameters, so the state-dict keys stay the released ones."""
+    for name, module in upsample.named_children():
+        if type(module) is nn.PixelShuffle:
+            setattr(upsample, name, ChannelsLastPixelShuffle(module.upscale_factor))
+    return upsample
 
 
 def shifted_window_blocks(depth, drop_paths, dim, input_resolution, num_heads, window_size, **block_kwargs):
