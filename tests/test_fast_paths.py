@@ -77,7 +77,8 @@ def test_holistic_norm_inference_path_and_frozen_affine_match_the_reference():
 
 def fused_attention(q, k, v, bias, mask):
     """torch's SDPA with the per-window mask expanded, as biased_attention builds it for inference."""
-    attn_mask = bias[None] if mask is None else (bias[None] + mask[:, None]).repeat(q.shape[0] // mask.shape[0], 1, 1, 1)
+    attn_mask = (bias[None] if mask is None else
+                 (bias[None] + mask[:, None]).repeat(q.shape[0] // mask.shape[0], 1, 1, 1))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
@@ -91,7 +92,8 @@ def test_explicit_training_attention_matches_fused_attention(with_mask):
     for attention in (lambda *a: _explicit_biased_attention(*a, 0.0, None), fused_attention):
         leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
         out = attention(*leaves, mask)
-        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))  # randn_like: no generator before torch 2.6
+        # randn_like: no generator before torch 2.6
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
         results.append([out] + [t.grad for t in leaves])
     for ours, ref in zip(*results):
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)

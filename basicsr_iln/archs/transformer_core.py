@@ -456,7 +456,8 @@ class RestorationTransformer(nn.Module):
 
     def _build_head(self, upsampler, upscale, embed_dim, num_feat, out_chans):
         if upsampler in ('pixelshuffle', 'nearest+conv'):
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1),
+                                                      nn.LeakyReLU(inplace=True))
         if upsampler == 'pixelshuffle':  # classical SR
             self.upsample = with_channels_last_pixel_shuffles(Upsample(upscale, num_feat))
             self.conv_last = nn.Conv2d(num_feat, out_chans, 3, 1, 1)
