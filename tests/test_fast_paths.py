@@ -1,6 +1,7 @@
 """The speed-motivated code paths compute the same function as the plain formulas they replace:
 i-LN's one-kernel normalisation + std, the explicit CPU training attention, row-major token layout, the
-shift mask kept for img_size, the stored relative-position bias of compiled graphs, CUDA's padded head dims."""
+shift mask kept for img_size, the stored relative-position bias of compiled graphs, CUDA's padded head dims,
+the channels_last pixel shuffle of compiled CPU graphs."""
 from functools import partial
 
 import pytest
