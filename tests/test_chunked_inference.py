@@ -14,11 +14,11 @@ from basicsr_iln.utils.inference import restore
 from helpers import REPO, run_python
 
 TINY = dict(upscale=2, img_size=16, window_size=8, embed_dim=24, num_heads=[2], mlp_ratio=2, upsampler='pixelshuffle')
-ARCHS = {  # ARCHS[arch](norm, **kwargs): a tiny network; kwargs are further constructor arguments
-    'SwinIR': lambda norm, **kw: SwinIR_iLN(depths=[2], norm_type=norm, **TINY, **kw),
+ARCHS = {  # ARCHS[arch](norm, **kwargs): a tiny network; kwargs are further constructor arguments or override TINY's
+    'SwinIR': lambda norm, **kw: SwinIR_iLN(depths=[2], norm_type=norm, **{**TINY, **kw}),
     'HAT': lambda norm, **kw: HAT(depths=[2], norm_type=norm, compress_ratio=3, squeeze_factor=8,  # + OCAB
-                                  **TINY, **kw),
-    'DRCT': lambda norm, **kw: DRCT(depths=[1], norm_type=norm, gc=8, **TINY, **kw),  # dense blocks of growing width
+                                  **{**TINY, **kw}),
+    'DRCT': lambda norm, **kw: DRCT(depths=[1], norm_type=norm, gc=8, **{**TINY, **kw}),  # dense blocks, growing width
 }
 
 

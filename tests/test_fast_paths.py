@@ -2,8 +2,6 @@
 i-LN's one-kernel normalisation + std, the explicit CPU training attention, row-major token layout, the
 shift mask kept for img_size, the stored relative-position bias of compiled graphs, CUDA's padded head dims,
 the channels_last pixel shuffle of compiled CPU graphs."""
-from functools import partial
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -254,10 +252,7 @@ def _pixel_shuffle_checks(factor):
     assert torch.equal(torch.autograd.grad(compiled, x, grad)[0], expected_grad)
 
 
-UPSAMPLER_NETWORKS = {'SwinIR': SwinIR_iLN, 'HAT': partial(HAT, compress_ratio=3, squeeze_factor=8), 'DRCT': DRCT}
-
-
-@pytest.mark.parametrize('arch', sorted(UPSAMPLER_NETWORKS))
+@pytest.mark.parametrize('arch', sorted(ARCHS))
 def test_every_pixel_shuffle_upsampler_shuffles_channels_last_and_keeps_the_released_keys(arch):
     """x2, x3, x4 (two shuffles) and the one-step upsampler of each network: each shuffle is
     ChannelsLastPixelShuffle, which has no parameters, so the upsampler's state-dict keys are BasicSR's (the
@@ -266,8 +261,7 @@ def test_every_pixel_shuffle_upsampler_shuffles_channels_last_and_keeps_the_rele
                                      (3, 'pixelshuffle', ['0.bias', '0.weight']),
                                      (4, 'pixelshuffle', ['0.bias', '0.weight', '2.bias', '2.weight']),
                                      (3, 'pixelshuffledirect', ['0.bias', '0.weight'])):
-        net = UPSAMPLER_NETWORKS[arch](img_size=8, window_size=4, embed_dim=12, depths=[1], num_heads=[2],
-                                       mlp_ratio=2, upscale=upscale, upsampler=upsampler, norm_type='iln')
+        net = ARCHS[arch]('iln', upscale=upscale, upsampler=upsampler)
         shuffles = [m for m in net.upsample.modules() if isinstance(m, torch.nn.PixelShuffle)]
         assert shuffles and all(type(m) is ChannelsLastPixelShuffle for m in shuffles), (upscale, upsampler)
         assert sorted(net.upsample.state_dict()) == keys
