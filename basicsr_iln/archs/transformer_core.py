@@ -215,6 +215,11 @@ class WindowAttention(nn.Module):
 
     ``register_index``: keep the (N, N) relative-position index as this module's buffer (SwinIR,
     DRCT); HAT keeps one index for all blocks at the top level and passes it as ``rpi``.
+
+    q, k, v are split off the last dim of ``qkv``'s output, not unbound from a (3, ...) permuted view: the same
+    strided views, but under torch.compile the backward of ``unbind``, a stack through a permute, becomes one
+    scalar gather of all 3 * dim channels in inductor's CPU code; that of ``split`` is a cat of three slices
+    (docs/benchmarks.md, "q, k, v by split under torch.compile").
     """
 
     def __init__(self, dim, window_size, num_heads, qkv_bias=True, qk_scale=None, attn_drop=0., proj_drop=0.,
@@ -238,7 +243,8 @@ class WindowAttention(nn.Module):
 
     def forward(self, x, mask=None, rpi=None):
         b_, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b_, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        heads = self.num_heads
+        q, k, v = (t.view(b_, n, heads, c // heads).transpose(1, 2) for t in self.qkv(x).split(self.dim, -1))
         bias = relative_position_bias(self.relative_position_bias_table,
                                       self.relative_position_index if rpi is None else rpi, n, n)
         x = biased_attention(q, k, v, bias, mask, self.attn_drop if self.training else 0.0, self.scale)
