@@ -243,7 +243,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x, mask=None, rpi=None):
         b_, n, c = x.shape
-        heads = self.num_heads
+        heads = self.num_heads  # split by self.dim, not c: under jit.trace x.shape holds tensors, which split refuses
         q, k, v = (t.view(b_, n, heads, c // heads).transpose(1, 2) for t in self.qkv(x).split(self.dim, -1))
         bias = relative_position_bias(self.relative_position_bias_table,
                                       self.relative_position_index if rpi is None else rpi, n, n)
